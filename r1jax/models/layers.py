@@ -1,0 +1,98 @@
+"""Pure functions of the decoder: RMSNorm, rotary embeddings, the gated MLP, positions.
+
+Glossary: B batch, S sequence, D model dim, F MLP dim, H query heads, K KV heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from r1jax.config import RopeScaling
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm as Llama / Qwen compute it: statistics in float32, scale in x's dtype.
+
+    Args:
+      x: [..., D].
+      weight: [D].
+    """
+    xf = x.astype(jnp.float32)
+    xf = xf * lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float,
+                  scaling: Optional[RopeScaling] = None) -> np.ndarray:
+    """Inverse frequencies [Dh / 2] (float32), with linear or Llama-3 scaling."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32)
+                           / head_dim))
+    inv = inv.astype(np.float32)
+    if scaling is None:
+        return inv
+    if scaling.kind == "linear":
+        return (inv / scaling.factor).astype(np.float32)
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate between.
+    old = scaling.original_max_position_embeddings
+    low_wavelen = old / scaling.low_freq_factor
+    high_wavelen = old / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / scaling.factor, inv)
+    smooth = (old / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates the two halves of each head (the Hugging Face "rotate_half" layout).
+
+    Args:
+      x: [B, S, N, Dh] queries or keys.
+      positions: [B, S] integer positions.
+      inv_freq: [Dh / 2] from `rope_inv_freq`.
+    """
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, S, Dh/2]
+    cos = jnp.cos(freqs)[:, :, None, :].astype(x.dtype)
+    sin = jnp.sin(freqs)[:, :, None, :].astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array,
+              w_down: jax.Array) -> jax.Array:
+    """down(silu(x @ gate) * (x @ up)).
+
+    Args:
+      x: [B, S, D]; w_gate, w_up: [D, F]; w_down: [F, D].
+    """
+    gate = jnp.einsum("bsd,df->bsf", x, w_gate)
+    up = jnp.einsum("bsd,df->bsf", x, w_up)
+    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, w_down)
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Position of each token within its segment: 0, 1, 2, ... restarting at each change.
+
+    For a left-padded row with segment ids [0, 0, 1, 1, 1] this gives [0, 1, 0, 1, 2], so the
+    real tokens sit at 0, 1, 2 exactly as in the unpadded sequence.
+
+    Args:
+      segment_ids: [B, S] int.
+    Returns:
+      [B, S] int32.
+    """
+    s = segment_ids.shape[1]
+    idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], dtype=bool),
+         segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    first = lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - first

@@ -1,0 +1,45 @@
+"""r1jax: GRPO / DAPO reinforcement-learning training of reasoning LLMs in JAX."""
+
+from setuptools import setup
+
+PACKAGES = [
+    "r1jax", "r1jax.models", "r1jax.sampling", "r1jax.rl", "r1jax.rewards", "r1jax.data",
+    "r1jax.benchmarks",
+    # kernels/ is installed inside the r1jax namespace: a top-level package named `kernels`
+    # would shadow the unrelated `kernels` package that transformers probes for.
+    "r1jax.kernels", "r1jax.kernels.flash_attention", "r1jax.kernels.decode_attention",
+]
+
+setup(
+    name="r1jax",
+    version="0.1.0",
+    description="GRPO / DAPO reinforcement-learning training of reasoning LLMs in JAX",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=PACKAGES,
+    package_dir={"r1jax.kernels": "kernels"},
+    install_requires=[
+        "jax>=0.8.1,<0.11",
+        "flax>=0.12.0,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.20,<0.13",
+        "grain>=0.2.12,<0.3",
+        "transformers>=4.56,<6",
+        "math-verify>=0.8,<0.10",
+        "tensorstore>=0.1.74",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "safetensors>=0.4.5",
+        "numpy>=1.26",
+        "ml-dtypes>=0.5",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch>=2.5"],
+        "tpu": ["jax[tpu]>=0.8.1,<0.11"],
+        "cuda": ["jax[cuda12]>=0.8.1,<0.11"],
+        "cuda13": ["jax[cuda13]>=0.8.1,<0.11"],
+    },
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,32 @@
+"""Test set-up: 8 simulated CPU devices and a persistent compile cache, before jax loads."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests import shared_data  # noqa: E402
+
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    """The shared public data (GSM8K, MATH-500, ..., tokenizers); skips when absent."""
+    path = shared_data.find()
+    if path is None:
+        pytest.skip(shared_data.MISSING)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(data_dir) -> str:
+    return os.path.join(data_dir, "tokenizers", "qwen2.5_derived")
