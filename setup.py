@@ -1,14 +1,12 @@
 """r1jax: GRPO / DAPO reinforcement-learning training of reasoning LLMs in JAX."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = [
-    "r1jax", "r1jax.models", "r1jax.sampling", "r1jax.rl", "r1jax.rewards", "r1jax.data",
-    "r1jax.benchmarks",
-    # kernels/ is installed inside the r1jax namespace: a top-level package named `kernels`
-    # would shadow the unrelated `kernels` package that transformers probes for.
-    "r1jax.kernels", "r1jax.kernels.flash_attention", "r1jax.kernels.decode_attention",
-]
+# kernels/ is installed inside the r1jax namespace: a top-level package named `kernels` would
+# shadow the unrelated `kernels` package that transformers probes for.
+PACKAGES = (find_packages(include=["r1jax", "r1jax.*"])
+            + ["r1jax.kernels"]
+            + ["r1jax.kernels." + p for p in find_packages("kernels")])
 
 setup(
     name="r1jax",
