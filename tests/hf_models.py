@@ -8,7 +8,7 @@ FAMILIES = ("llama", "qwen2", "qwen3")
 
 
 def make_hf_model(family: str, *, seed: int = 0, vocab: int = 256, layers: int = 2,
-                  tied: bool = False):
+                  tied: bool = False, init_std: float = 0.02):
     """A transformers CausalLM with random weights, norms and biases (not just 1 and 0).
 
     llama: Llama 3.1-style llama3 RoPE scaling (original context 64 so that short test
@@ -21,7 +21,7 @@ def make_hf_model(family: str, *, seed: int = 0, vocab: int = 256, layers: int =
     torch.manual_seed(seed)
     common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
-                  max_position_embeddings=512)
+                  max_position_embeddings=512, initializer_range=init_std)
     if family == "llama":
         cfg = transformers.LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={
             "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,

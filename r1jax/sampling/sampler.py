@@ -1,0 +1,315 @@
+"""The native JAX sampler: jitted prefill + decode loop over a preallocated KV cache.
+
+One jitted program per (batch, prompt bucket, max_new_tokens, sampling params):
+
+1. prefill: the P distinct prompts, left-aligned (row p holds its prompt in slots
+   [0, len_p) and padding after), run through the decoder once; their K/V fill the cache;
+2. group sampling: the cache rows and the last-token logits are repeated n times, so a prompt
+   is prefilled once however many completions it gets (rows b = p * n + i);
+3. decode: a `lax.while_loop` feeds each row's newest token at position len_b, writes its K/V
+   at slot len_b, attends to slots [0, len_b] through the model's decode-attention switch, and
+   samples the next token; it exits as soon as every row has stopped.
+
+Only [B, V] logits exist at any time (never [B, T, V]). The policy log-probability of each
+sampled token (temperature 1, what the RL loss uses as old log-probs) and its log-probability
+under the sampling distribution are recorded as the loop goes.
+
+Glossary: P prompts, n completions per prompt, B = P * n rows, Sp prompt bucket, T max new
+tokens, S = Sp + T cache slots, L layers, K KV heads, Dh head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from r1jax.config import ModelConfig
+from r1jax.models import attention as attn_lib
+from r1jax.models import decoder
+from r1jax.models.layers import rms_norm
+from r1jax.sampling.processors import SamplingParams, sample
+from r1jax.sharding import Sharding, constrain
+
+STOP, LENGTH = 0, 1
+FINISH_REASONS = ("stop", "length")
+CACHE_AXES = ("cache_batch", "act_kv_heads", "cache_seq", None)
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """Completions of a `generate` call; rows b = prompt * n + sample.
+
+    Attributes:
+      tokens: [B, T] int32 completion tokens; after a row stops, `pad_id`.
+      lengths: [B] completion lengths, the stop token included.
+      finish_reason: [B] int, 0 = a stop token was produced, 1 = max_new_tokens reached.
+      logprobs: [B, T] float32 log-probability of each token under the policy at temperature
+        1 (0 after the row stops).
+      sampling_logprobs: [B, T] float32 log-probability under the distribution the token was
+        drawn from (temperature and filters applied; 0 for greedy and after the row stops).
+      prompt_index: [B] index of the prompt each row continues.
+      prompt_ids: the prompts as used (after any truncation), one list per prompt.
+      stats: counts and timings: prompts, rows, truncated_prompts, generated_tokens,
+        decode_steps, seconds.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    finish_reason: np.ndarray
+    logprobs: np.ndarray
+    sampling_logprobs: np.ndarray
+    prompt_index: np.ndarray
+    prompt_ids: list[list[int]]
+    stats: dict[str, Any]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[B, T] 1.0 on completion tokens, 0.0 on padding."""
+        return (np.arange(self.tokens.shape[1])[None] < self.lengths[:, None]).astype(
+            np.float32)
+
+    def completions(self) -> list[list[int]]:
+        """Completion token lists (stop token included), one per row."""
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+
+
+def _bucket(n: int, multiple: int, cap: int) -> int:
+    """Rounds n up to a power of two >= multiple, then to a multiple of `multiple`, <= cap."""
+    size = max(multiple, 1 << max(n - 1, 0).bit_length())
+    size = -(-size // multiple) * multiple
+    return max(n, min(size, cap))
+
+
+class Sampler:
+    """Samples completions from a Decoder's (or given) parameters.
+
+    Args:
+      model: an `r1jax.Decoder` (its config and sharding are used; its params are the default).
+      max_prompt_len: prompts longer than this raise ValueError, or are left-truncated (keeping
+        their end) when `truncate_prompts` is set; truncations are counted in `stats`.
+      max_new_tokens: default and upper bound of `generate(max_new_tokens=...)`; with
+        max_prompt_len it sizes the KV cache.
+      eos_token_ids: token ids that end a completion (the tokenizer's EOS, <|im_end|>, ...).
+      pad_id: written after a completion stops.
+      truncate_prompts: left-truncate instead of raising.
+      cache_dtype: KV cache dtype; default the model's compute dtype.
+    """
+
+    def __init__(self, model: Any, *, max_prompt_len: int = 1024, max_new_tokens: int = 1024,
+                 eos_token_ids: Sequence[int] = (), pad_id: int = 0,
+                 truncate_prompts: bool = False, cache_dtype: Optional[str] = None):
+        if max_prompt_len < 1 or max_new_tokens < 1:
+            raise ValueError("max_prompt_len and max_new_tokens must be >= 1")
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.sharding: Optional[Sharding] = model.sharding
+        self.max_prompt_len = max_prompt_len
+        self.max_new_tokens = max_new_tokens
+        self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
+        self.pad_id = int(pad_id)
+        self.truncate_prompts = truncate_prompts
+        self.cache_dtype = cache_dtype or self.config.dtype
+        self._compiled: dict[tuple, Any] = {}
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
+                 max_new_tokens: Optional[int] = None, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
+                 stop_token_ids: Sequence[int] = (), params: Any = None) -> SampleOutput:
+        """Samples `n` completions for each prompt.
+
+        Args:
+          prompt_ids: one sequence of token ids per prompt (ragged lengths; no padding).
+          n: completions per prompt (the GRPO group size).
+          max_new_tokens: completion budget (<= the sampler's max_new_tokens).
+          temperature, top_p, top_k, min_p: see `SamplingParams` (temperature 0 = greedy).
+          seed: the same seed gives the same completions, on one device or a mesh.
+          stop_token_ids: extra stop tokens besides the sampler's eos_token_ids.
+          params: parameters to sample from (the trainer's live params); default the model's.
+        Raises:
+          ValueError: empty prompts, invalid sampling parameters, n < 1, too long prompts
+            (unless truncating) - all before anything is compiled.
+        """
+        sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        sp.validate()
+        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if not 1 <= max_new <= self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}], "
+                             f"got {max_new}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n}")
+        prompts, truncated = self._prepare_prompts(prompt_ids)
+        stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
+        tokens, lens, num_prompts = self._pack(prompts)
+        fn = self._program(tokens.shape, n, max_new, sp, stops)
+        start = time.perf_counter()
+        out = fn(self.model.params if params is None else params, tokens, lens,
+                 jax.random.key(seed))
+        out = jax.tree.map(np.asarray, jax.device_get(out))
+        seconds = time.perf_counter() - start
+        rows = num_prompts * n
+        res = SampleOutput(
+            tokens=out["tokens"][:rows], lengths=out["lengths"][:rows],
+            finish_reason=out["finish"][:rows], logprobs=out["logp"][:rows],
+            sampling_logprobs=out["sample_logp"][:rows],
+            prompt_index=np.repeat(np.arange(num_prompts), n), prompt_ids=prompts,
+            stats={})
+        res.stats = {"prompts": num_prompts, "rows": rows, "truncated_prompts": truncated,
+                     "prompt_tokens": int(sum(map(len, prompts))),
+                     "generated_tokens": int(res.lengths.sum()),
+                     "decode_steps": int(out["steps"]), "seconds": seconds}
+        return res
+
+    # ------------------------------------------------------------------------------------
+    def _prepare_prompts(self, prompt_ids) -> tuple[list[list[int]], int]:
+        prompts = [[int(t) for t in p] for p in prompt_ids]
+        if not prompts:
+            raise ValueError("generate() needs at least one prompt")
+        truncated = 0
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            bad = [t for t in p if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary "
+                                 f"[0, {self.config.vocab_size})")
+            if len(p) > self.max_prompt_len:
+                if not self.truncate_prompts:
+                    raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
+                                     f"max_prompt_len={self.max_prompt_len} (set "
+                                     "truncate_prompts to keep its last tokens instead)")
+                prompts[i] = p[-self.max_prompt_len:]
+                truncated += 1
+        return prompts, truncated
+
+    def _pack(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Left-aligned [P', Sp] prompts (P' padded to the batch parallelism) and lengths."""
+        par = self.sharding.batch_parallelism if self.sharding is not None else 1
+        num = len(prompts)
+        rows = -(-num // par) * par
+        width = _bucket(max(map(len, prompts)), 16, self.max_prompt_len)
+        tokens = np.full((rows, width), self.pad_id, np.int32)
+        lens = np.ones((rows,), np.int32)  # padding rows: one pad token, results dropped
+        for i, p in enumerate(prompts):
+            tokens[i, :len(p)] = p
+            lens[i] = len(p)
+        return tokens, lens, num
+
+    def _program(self, shape, n, max_new, sp, stops):
+        key = (shape, n, max_new, sp, stops)
+        if key not in self._compiled:
+            fn = functools.partial(_generate, cfg=self.config, sharding=self.sharding, n=n,
+                                   max_new=max_new, sp=sp, stops=stops, pad_id=self.pad_id,
+                                   cache_dtype=self.cache_dtype)
+            self._compiled[key] = jax.jit(fn)
+        return self._compiled[key]
+
+
+# ----------------------------------------------------------------------------------------
+# The jitted program.
+
+
+def _prefill(params, tokens, lens, cfg, sharding):
+    """Prompt K/V [L, P, Sp, K, Dh] each and next-token logits [P, V]."""
+    width = tokens.shape[1]
+    segment_ids = (jnp.arange(width)[None, :] < lens[:, None]).astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), tokens.shape)
+    h, (k, v) = decoder.final_hidden(params, tokens, cfg, positions=positions,
+                                     segment_ids=segment_ids, sharding=sharding,
+                                     return_kv=True)
+    last = jnp.take_along_axis(h, (lens - 1)[:, None, None], axis=1)[:, 0]
+    return k, v, decoder.logits_from_hidden(params, last, cfg)
+
+
+def _init_cache(k, v, n, size, dtype, sharding):
+    """Per-layer caches [B, K, S, Dh], prompt K/V in slots [0, Sp), each prompt repeated n."""
+    def one(x):
+        x = jnp.repeat(x.astype(dtype), n, axis=0).transpose(0, 2, 1, 3)  # [B, K, Sp, Dh]
+        pad = size - x.shape[2]
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
+        return constrain(x, CACHE_AXES, sharding)
+    return tuple(one(k[i]) for i in range(k.shape[0])), tuple(one(v[i]) for i in
+                                                              range(v.shape[0]))
+
+
+def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding):
+    """Feeds tokens [B] at positions pos [B]; returns next logits [B, V] and the new cache."""
+    cache_k, cache_v = cache
+    rows = jnp.arange(tokens.shape[0])
+    x = decoder.embed_tokens(embed_params, tokens[:, None], cfg, sharding)
+    new_k, new_v = [], []
+    for i, p in enumerate(layer_params):
+        def attend(q, k, v, i=i):
+            ck = cache_k[i].at[rows, :, pos].set(k[:, 0].astype(cache_k[i].dtype))
+            cv = cache_v[i].at[rows, :, pos].set(v[:, 0].astype(cache_v[i].dtype))
+            o = attn_lib.decode_attention(q[:, 0], ck, cv, pos + 1,
+                                          sm_scale=cfg.head_dim ** -0.5,
+                                          impl=cfg.attention_impl, sharding=sharding)
+            return o[:, None], (ck, cv)
+        x, (ck, cv) = decoder.block(p, x, pos[:, None], attend, cfg, sharding)
+        new_k.append(ck)
+        new_v.append(cv)
+    h = rms_norm(x[:, 0], embed_params["final_norm"], cfg.rms_norm_eps)
+    return decoder.logits_from_hidden(embed_params, h, cfg), (tuple(new_k), tuple(new_v))
+
+
+def _generate(params, tokens, lens, key, *, cfg, sharding, n, max_new, sp, stops, pad_id,
+              cache_dtype):
+    k, v, logits = _prefill(params, tokens, lens, cfg, sharding)
+    cache = _init_cache(k, v, n, tokens.shape[1] + max_new, cache_dtype, sharding)
+    logits = jnp.repeat(logits, n, axis=0)
+    pos = jnp.repeat(lens, n)  # next free cache slot = position of the next token
+    rows = logits.shape[0]
+    # Cast and slice the weights once, outside the loop: the loop body then reads each
+    # layer's weights in place, with no per-step slicing or casting.
+    compute = decoder.cast(params, cfg.dtype)
+    layer_params = [decoder.layer_slice(compute["layers"], i) for i in range(cfg.num_layers)]
+    head_params = {key_: compute[key_] for key_ in compute if key_ != "layers"}
+    stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
+
+    def record(state, logits, step):
+        tok, logp, slogp = sample(logits, jax.random.fold_in(key, step), sp)
+        done = state["done"]
+        tok = jnp.where(done, pad_id, tok)
+        live = ~done
+        stopped = live & jnp.isin(tok, stop_ids)
+        state = dict(state)
+        state["tokens"] = state["tokens"].at[:, step].set(tok)
+        state["logp"] = state["logp"].at[:, step].set(jnp.where(live, logp, 0.0))
+        state["sample_logp"] = state["sample_logp"].at[:, step].set(
+            jnp.where(live, slogp, 0.0))
+        state["lengths"] = state["lengths"] + live.astype(jnp.int32)
+        state["finish"] = jnp.where(stopped, STOP, state["finish"])
+        state["done"] = done | stopped
+        return state, tok
+
+    state = {
+        "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
+        "logp": jnp.zeros((rows, max_new), jnp.float32),
+        "sample_logp": jnp.zeros((rows, max_new), jnp.float32),
+        "lengths": jnp.zeros((rows,), jnp.int32),
+        "finish": jnp.full((rows,), LENGTH, jnp.int32),
+        "done": jnp.zeros((rows,), bool),
+    }
+    state, tok = record(state, logits, 0)
+
+    def cond(carry):
+        state, _, _, step = carry
+        return (step < max_new) & ~jnp.all(state["done"])
+
+    def body(carry):
+        state, cache, tok, step = carry
+        logits, cache = _decode_step(layer_params, head_params, cache, tok,
+                                     pos + step - 1, cfg, sharding)
+        state, tok = record(state, logits, step)
+        return state, cache, tok, step + 1
+
+    state, _, _, steps = lax.while_loop(cond, body, (state, cache, tok, jnp.int32(1)))
+    return {"tokens": state["tokens"], "lengths": state["lengths"], "finish": state["finish"],
+            "logp": state["logp"], "sample_logp": state["sample_logp"], "steps": steps}
