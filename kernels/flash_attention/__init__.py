@@ -1,5 +1,12 @@
-"""Causal self-attention over full sequences, with segment ids (packing and padding)."""
+"""Causal self-attention over full sequences, with segment ids (packing and padding).
 
+`flash_attention_reference` (pure jnp, the CPU implementation), and the Pallas kernels with the
+same signature plus tiling options: `tpu.flash_attention` (Mosaic) and `gpu.flash_attention`
+(Triton). Both have a custom VJP whose backward is also a pair of Pallas kernels.
+"""
+
+from r1jax.kernels.flash_attention import gpu, tpu
+from r1jax.kernels.flash_attention.common import BlockSizes
 from r1jax.kernels.flash_attention.reference import flash_attention_reference
 
-__all__ = ["flash_attention_reference"]
+__all__ = ["BlockSizes", "flash_attention_reference", "gpu", "tpu"]
