@@ -3,7 +3,8 @@
 Order (as in transformers' and vLLM's samplers): temperature scales the logits, then top-k,
 then top-p on the top-k distribution, then min-p on what remains. Filtered tokens get
 probability exactly 0 and are never drawn. Sampling draws one uniform number per row and
-inverts the cumulative distribution, which costs one pass over the vocabulary.
+inverts the cumulative distribution in two levels (blocks of ~sqrt(V) tokens, then tokens
+within the chosen block), so it needs no full-vocabulary prefix sum and no V random numbers.
 
 Glossary: B rows, V vocabulary.
 """
@@ -15,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 NEG_INF = -jnp.inf
 
@@ -91,17 +93,52 @@ def sample(logits: jax.Array, key: jax.Array,
     if params.greedy:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return tokens, _take(policy_logp, tokens), jnp.zeros(tokens.shape, jnp.float32)
-    x = filter_logits(logits, params)
-    sample_logp = jax.nn.log_softmax(x, axis=-1)
-    probs = jnp.exp(sample_logp)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
-    above = cdf > u
-    # First index whose cumulative mass exceeds u; float round-off can leave none (u within
-    # an ulp of the total), then take the last token with non-zero probability.
-    last = logits.shape[-1] - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)
-    tokens = jnp.where(above.any(-1), jnp.argmax(above, axis=-1), last).astype(jnp.int32)
+    unfiltered = params == SamplingParams(temperature=1.0)
+    sample_logp = policy_logp if unfiltered else jax.nn.log_softmax(
+        filter_logits(logits, params), axis=-1)
+    u = jax.random.uniform(key, (logits.shape[0],), jnp.float32)
+    tokens = inverse_cdf(jnp.exp(sample_logp), u)
     return tokens, _take(policy_logp, tokens), _take(sample_logp, tokens)
+
+
+def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
+    """Token t with cdf[t - 1] <= u * total < cdf[t], found block-wise.
+
+    Args:
+      probs: [B, V] non-negative (unnormalized is fine); zero-probability tokens are never
+        returned.
+      u: [B] uniform numbers in [0, 1).
+    Returns:
+      [B] int32 token ids.
+    """
+    b, v = probs.shape
+    width = max(8, math.isqrt(v - 1) + 1)
+    nblocks = -(-v // width)
+    blocks = jnp.pad(probs, ((0, 0), (0, nblocks * width - v))).reshape(b, nblocks, width)
+    block_mass = blocks.sum(-1)
+    block_cdf = _cumsum(block_mass)
+    target = u * block_cdf[:, -1]
+    j = _first_above(block_cdf, target, block_mass)
+    inner = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]
+    offset = jnp.take_along_axis(block_cdf - block_mass, j[:, None], axis=1)[:, 0]
+    i = _first_above(_cumsum(inner), target - offset, inner)
+    return (j * width + i).astype(jnp.int32)
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Inclusive prefix sum over the last axis as a matmul with a triangular matrix (the last
+    axis is ~sqrt(V) long; a matmul beats a scan there on every backend)."""
+    n = x.shape[-1]
+    tri = jnp.triu(jnp.ones((n, n), x.dtype))
+    return jnp.matmul(x, tri, precision=lax.Precision.HIGHEST)
+
+
+def _first_above(cdf: jax.Array, target: jax.Array, mass: jax.Array) -> jax.Array:
+    """First index with cdf > target; float round-off can leave none (target within an ulp
+    of the total), then the last index with non-zero mass."""
+    above = cdf > target[:, None]
+    last = cdf.shape[-1] - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
+    return jnp.where(above.any(-1), jnp.argmax(above, axis=-1), last)
 
 
 def _take(logp: jax.Array, tokens: jax.Array) -> jax.Array:
