@@ -46,6 +46,8 @@ def _evaluate(node: ast.AST) -> fractions.Fraction:
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))
+    if isinstance(node, (ast.BinOp, ast.UnaryOp)):
+        raise EquationError(f"operator {type(node.op).__name__} is not allowed")
     raise EquationError(f"{type(node).__name__} is not allowed")
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -183,6 +184,11 @@ class RewardPool:
         self._start_timeout_s = float(start_timeout_s)
         self._setup = {"specs": self.specs, "functions": dict(functions),
                        "memory_limit_mb": int(memory_limit_mb)}
+        try:
+            pickle.dumps(self._setup)
+        except Exception as e:  # noqa: BLE001 - pickling raises several types
+            raise ValueError("reward functions and their kwargs must be picklable "
+                             f"(module-level functions): {e}") from e
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
         for _ in range(num_workers):
