@@ -1,0 +1,1 @@
+"""Evaluation of policies on math benchmarks (pass@k, maj@k)."""
