@@ -1,0 +1,274 @@
+"""Per-token log-probs and entropies of sampled tokens without [B, T, V] float32 logits.
+
+`token_logprobs(h, w, targets)` computes, for final hidden states h [B, T, D] and the lm-head
+kernel w [D, V], z = (h @ w) / temperature (float32 accumulation), and returns
+
+    logp[b, t]    = z[b, t, targets[b, t]] - logsumexp_v z[b, t, v]
+    entropy[b, t] = -sum_v p log p,  p = softmax_v z[b, t]
+
+tile by tile, under a custom VJP so that the backward pass is tiled too. A tile is a chunk of
+T positions (all B rows) times a chunk of the vocabulary; for small vocabularies one vocab
+chunk covers V. Forward: per tile one matmul, then an online logsumexp (running max and sum),
+the target logit and the entropy's running sum of p z; only logsumexp and entropy [B, T]
+are kept as residuals. Backward: each tile's logits are recomputed once, then with
+p = softmax(z), onehot = [v = target],
+
+    dL/dz = g_logp (onehot - p) - g_ent p (log p + H)
+    dh   += (dL/dz / temperature) @ w_tile^T,   dw_tile += h^T @ (dL/dz / temperature)
+
+Peak memory is one tile (default ~16 MiB of float32 logits) instead of [B, T, V]; the price
+is one extra matmul (the recomputation), 8 instead of 6 x B T D V flops for forward +
+backward. bf16 h / w run the matmuls in bf16 with float32 accumulation; dw accumulates in
+float32 and is cast to w's dtype at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+# Chunk heuristics. A token chunk spans about MIN_ROWS rows or more (B x chunk) so that the
+# float32 dw accumulator [D, V], read and written once per token chunk, costs little next to
+# the chunk's matmuls; the vocabulary is then split so that one tile of logits holds about
+# TILE_ELEMENTS values (16 MiB float32), small enough for the CPU's caches and any HBM.
+MIN_ROWS = 1024
+TILE_ELEMENTS = 1 << 22
+VOCAB_ALIGN = 128
+# Logit of the padding columns when V is padded to a multiple of the vocab chunk: exp() of
+# it is exactly 0, and it stays finite so that 0 x logit is 0, not NaN.
+_PAD_LOGIT = -1e30
+
+
+def default_chunk_sizes(batch: int, length: int, vocab: int) -> tuple[int, int]:
+    """(positions of T per token chunk, vocab entries per vocab chunk), balanced."""
+    c = max(-(-MIN_ROWS // batch), TILE_ELEMENTS // max(1, batch * vocab))
+    c = min(length, c)
+    c = -(-length // -(-length // c))
+    vc = vocab
+    if batch * c * vocab > TILE_ELEMENTS:
+        vc = max(VOCAB_ALIGN, TILE_ELEMENTS // (batch * c))
+        nv = -(-vocab // vc)
+        vc = -(-vocab // nv)
+        vc = min(vocab, -(-vc // VOCAB_ALIGN) * VOCAB_ALIGN)
+    return c, vc
+
+
+def _zeros(shape, *like) -> jax.Array:
+    """float32 zeros that vary over the same shard_map axes as `like` (scan carries must)."""
+    zero = sum(jnp.zeros_like(x[(0,) * x.ndim], jnp.float32) for x in like if x is not None)
+    return jnp.broadcast_to(zero, shape)
+
+
+def _tile_logits(h_c, w_j, j, vocab, temperature):
+    """Logits [B, c, vc] of one tile; padding columns (index >= vocab) get _PAD_LOGIT."""
+    z = jnp.einsum("bcd,dv->bcv", h_c, w_j, preferred_element_type=jnp.float32)
+    if temperature != 1.0:
+        z = z / temperature
+    vc = w_j.shape[-1]
+    if vocab % vc:
+        col = j * vc + jax.lax.broadcasted_iota(jnp.int32, z.shape, 2)
+        z = jnp.where(col < vocab, z, _PAD_LOGIT)
+    return z
+
+
+def _forward_chunk(h_c, t_c, w_chunks, vocab, temperature, with_entropy):
+    """Online logsumexp over vocab chunks: (logp, lse, entropy or None), each [B, c]."""
+    vc = w_chunks.shape[-1]
+
+    def tile(carry, j):
+        m, s, sz, picked = carry
+        z = _tile_logits(h_c, w_chunks[j], j, vocab, temperature)
+        m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+        scale = jnp.exp(m - m_new)
+        e = jnp.exp(z - m_new[..., None])
+        s = s * scale + jnp.sum(e, axis=-1)
+        if with_entropy:
+            sz = sz * scale + jnp.sum(e * z, axis=-1)
+        hit = jax.lax.broadcasted_iota(jnp.int32, z.shape, 2) == (t_c - j * vc)[..., None]
+        picked = picked + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
+        return (m_new, s, sz, picked), None
+
+    zeros = _zeros(t_c.shape, h_c, t_c, w_chunks)
+    init = (zeros - jnp.inf, zeros, zeros, zeros)
+    nv = w_chunks.shape[0]
+    if nv == 1:
+        (m, s, sz, picked), _ = tile(init, 0)
+    else:
+        (m, s, sz, picked), _ = jax.lax.scan(tile, init, jnp.arange(nv))
+    lse = m + jnp.log(s)
+    ent = lse - sz / s if with_entropy else None
+    return picked - lse, lse, ent
+
+
+def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
+    """[B, n * c, ...] -> [n, B, c, ...] (the batch dim stays where its sharding is)."""
+    return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0)
+
+
+def _from_chunks(x: jax.Array) -> jax.Array:
+    """[n, B, c, ...] -> [B, n * c, ...]."""
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _chunked(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
+    out, _ = _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk, with_entropy)
+    return out
+
+
+def _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
+    n = h.shape[1] // chunk
+
+    def body(_, xs):
+        h_c, t_c = xs
+        return None, _forward_chunk(h_c, t_c, w_chunks, vocab, temperature, with_entropy)
+
+    _, (logp, lse, ent) = jax.lax.scan(body, None, (_to_chunks(h, n, chunk),
+                                                    _to_chunks(targets, n, chunk)))
+    logp, lse = _from_chunks(logp), _from_chunks(lse)
+    ent = _from_chunks(ent) if with_entropy else None
+    return (logp, ent), (lse, ent)
+
+
+def _chunked_fwd(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
+    h, w_chunks, targets = h.value, w_chunks.value, targets.value
+    out, (lse, ent) = _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk,
+                                        with_entropy)
+    return out, (h, w_chunks, targets, lse, ent)
+
+
+def _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks, vocab, temperature):
+    """Adds this token chunk's h^T dz to dw [nv, D, vc]; returns (dw, dh_c [B, c, D] f32)."""
+    vc = w_chunks.shape[-1]
+
+    def tile(carry, j):
+        dw, dh_c = carry
+        z = _tile_logits(h_c, w_chunks[j], j, vocab, temperature)
+        logp_all = z - lse_c[..., None]
+        p = jnp.exp(logp_all)
+        coef = -gl_c[..., None]
+        if ent_c is not None:
+            coef = coef - ge_c[..., None] * (logp_all + ent_c[..., None])
+        hit = jax.lax.broadcasted_iota(jnp.int32, z.shape, 2) == (t_c - j * vc)[..., None]
+        gz = p * coef + jnp.where(hit, gl_c[..., None], 0.0)
+        if temperature != 1.0:
+            gz = gz / temperature
+        gz = gz.astype(h_c.dtype)
+        dh_c = dh_c + jnp.einsum("bcv,dv->bcd", gz, w_chunks[j],
+                                 preferred_element_type=jnp.float32)
+        dw_j = jnp.einsum("bcd,bcv->dv", h_c, gz, preferred_element_type=jnp.float32)
+        return (dw.at[j].add(dw_j), dh_c), None
+
+    init = (dw, _zeros(h_c.shape, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks))
+    if w_chunks.shape[0] == 1:
+        (dw, dh_c), _ = tile(init, 0)
+    else:
+        (dw, dh_c), _ = jax.lax.scan(tile, init, jnp.arange(w_chunks.shape[0]))
+    return dw, dh_c
+
+
+def _chunked_bwd(vocab, temperature, chunk, with_entropy, res, g):
+    h, w_chunks, targets, lse, ent = res
+    g_logp, g_ent = g
+    use_ent = with_entropy and not isinstance(g_ent, SymbolicZero)
+    if isinstance(g_logp, SymbolicZero):
+        g_logp = jnp.zeros_like(lse)
+    n = h.shape[1] // chunk
+
+    def split(x):
+        return _to_chunks(x, n, chunk)
+
+    def body(dw, xs):
+        h_c, t_c, lse_c, gl_c, ent_c, ge_c = xs
+        dw, dh_c = _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks, vocab,
+                                   temperature)
+        return dw, dh_c.astype(h.dtype)
+
+    xs = (split(h), split(targets), split(lse), split(g_logp.astype(jnp.float32)),
+          split(ent) if use_ent else None,
+          split(g_ent.astype(jnp.float32)) if use_ent else None)
+    dw0 = _zeros(w_chunks.shape, w_chunks, *xs)
+    dw, dh = jax.lax.scan(body, dw0, xs)
+    return _from_chunks(dh), dw.astype(w_chunks.dtype), None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
+
+
+def token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
+                   temperature: float = 1.0, chunk_size: Optional[int] = None,
+                   vocab_chunk_size: Optional[int] = None,
+                   return_entropy: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
+    """Log-probs of `targets` and per-token entropies under logits (h @ w) / temperature.
+
+    Differentiable w.r.t. h and w (the gradients of the plain log_softmax-and-gather
+    computation, obtained tile by tile; see the module docstring). An entropy that the loss
+    does not use (e.g. only logged) costs nothing in the backward pass.
+
+    Args:
+      h: [B, T, D] final hidden states at the positions that predict `targets` (float32 or
+        bfloat16).
+      w: [D, V] lm-head kernel, same dtype as h. Inside `shard_map`, w must be whole on
+        every device (the log-softmax runs over the full vocabulary); h may be split over
+        batch axes.
+      targets: [B, T] int token ids in [0, V).
+      temperature: the sampling temperature (> 0) the log-probs refer to; use the
+        sampler's so that logp and old_logp describe the same distribution.
+      chunk_size: positions of T per token chunk (T is zero-padded to a multiple of it).
+      vocab_chunk_size: vocabulary entries per vocab chunk (V is padded to a multiple of it
+        with columns that get probability 0). Defaults: `default_chunk_sizes(B, T, V)`.
+      return_entropy: also compute the entropy (else None is returned for it).
+
+    Returns:
+      (logp [B, T] float32, entropy [B, T] float32 or None).
+    """
+    if h.ndim != 3 or w.ndim != 2 or h.shape[-1] != w.shape[0]:
+        raise ValueError(f"need h [B, T, D] and w [D, V], got {h.shape} and {w.shape}")
+    if targets.shape != h.shape[:2]:
+        raise ValueError(f"targets {targets.shape} must be h's [B, T] = {h.shape[:2]}")
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(f"targets must be integer token ids, got {targets.dtype}")
+    if h.dtype != w.dtype:
+        raise ValueError(f"h ({h.dtype}) and w ({w.dtype}) must share a dtype")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    for name, size in (("chunk_size", chunk_size), ("vocab_chunk_size", vocab_chunk_size)):
+        if size is not None and size < 1:
+            raise ValueError(f"{name}={size} must be >= 1")
+    b, t, _ = h.shape
+    vocab = w.shape[1]
+    auto_c, auto_vc = default_chunk_sizes(b, t, vocab)
+    chunk = min(chunk_size or auto_c, t)
+    vc = min(vocab_chunk_size or auto_vc, vocab)
+    if pad := -t % chunk:
+        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    nv = -(-vocab // vc)
+    # Inside shard_map with h split over batch axes and w replicated, this makes w vary like
+    # h, so that w's gradient (a per-device partial sum) is psum-ed by JAX's transpose of the
+    # implicit broadcast. Outside shard_map it adds 0 inside the copy below.
+    w = w + jnp.zeros_like(h[0, 0, 0])
+    w_chunks = jnp.pad(w, ((0, 0), (0, nv * vc - vocab)))
+    # [D, nv * vc] -> [nv, D, vc]: one copy of w, so that each tile reads a contiguous block.
+    w_chunks = jnp.moveaxis(w_chunks.reshape(w.shape[0], nv, vc), 1, 0)
+    logp, ent = _chunked(h, w_chunks, targets.astype(jnp.int32), vocab, float(temperature),
+                         chunk, bool(return_entropy))
+    if pad:
+        logp = logp[:, :t]
+        ent = ent[:, :t] if ent is not None else None
+    return logp, ent
+
+
+def token_logprobs_reference(h: jax.Array, w: jax.Array, targets: jax.Array, *,
+                             temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """The plain full-logits version of `token_logprobs` (for tests and benchmarks)."""
+    z = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32) / temperature
+    logp_all = jax.nn.log_softmax(z, axis=-1)
+    logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logp, ent
