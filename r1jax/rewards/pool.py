@@ -238,7 +238,15 @@ class RewardPool:
         items = [(i, completions[i], _slim(examples[i]),
                   None if lengths is None else int(lengths[i])) for i in range(n)]
         run = _Run(n, self.names, self.max_logged, completions)
-        self._drain(items, run)
+        try:
+            self._drain(items, run)
+        except BaseException:
+            # Busy workers would answer this call's items during the next one: replace them.
+            for w in [w for w in self._workers if w.busy]:
+                w.kill()
+                self._workers[self._workers.index(w)] = _Worker(self._setup,
+                                                                self._start_timeout_s)
+            raise
         return run.result(self.weights)
 
     def _chunks(self, items: list) -> collections.deque:
@@ -277,6 +285,8 @@ class RewardPool:
                     w.ready = True
                 else:
                     _, index, scores, errors = message
+                    if w.chunk is None or index != w.chunk[w.position][0]:
+                        raise RuntimeError(f"reward worker answered item {index} out of turn")
                     run.record(index, scores, errors)
                     w.position += 1
                     w.deadline = time.monotonic() + self.timeout_s

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 
 from r1jax.rewards.functions import REWARD_FUNCTIONS
 
@@ -28,4 +29,10 @@ def echo_length(completion, example, length):
     return float(length)
 
 
-FUNCTIONS = dict(REWARD_FUNCTIONS, misbehave=misbehave, echo_length=echo_length)
+def heavy_modules_loaded(completion, example, length):
+    """Number of JAX / Flax / r1jax.models modules imported in this worker."""
+    return float(sum(m in sys.modules for m in ("jax", "flax", "r1jax.models")))
+
+
+FUNCTIONS = dict(REWARD_FUNCTIONS, misbehave=misbehave, echo_length=echo_length,
+                 heavy_modules_loaded=heavy_modules_loaded)

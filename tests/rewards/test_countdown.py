@@ -1,7 +1,5 @@
 """Countdown reward: TinyZero's scores (1.0 / 0.1 / 0) from an AST walker, never eval."""
 
-import os
-
 import pytest
 
 from r1jax.rewards import countdown, evaluate_equation
@@ -104,4 +102,4 @@ def test_never_calls_eval(monkeypatch):
     monkeypatch.setattr(builtins, "eval", refuse)
     monkeypatch.setattr(builtins, "exec", refuse)
     assert countdown(tagged("(3 + 5) * 7 + 11"), NUMBERS, 67) == 1.0
-    assert os.path.exists(__file__)
+    assert countdown(tagged("__import__('os')"), NUMBERS, 67) == 0.1

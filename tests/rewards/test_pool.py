@@ -153,6 +153,8 @@ def test_lengths_reach_the_functions_and_are_validated():
     with rewards.RewardPool([("echo_length", 1.0, {})], num_workers=1,
                             functions=faulty.FUNCTIONS) as pool:
         assert pool.score(["a", "b"], [{}, {}], lengths=[7, 9]).total.tolist() == [7.0, 9.0]
+        empty = pool.score([], [], lengths=[])
+        assert empty.total.shape == (0,) and empty.per_function["echo_length"].shape == (0,)
         with pytest.raises(ValueError, match="2 completions"):
             pool.score(["a", "b"], [{}])
     with rewards.RewardPool([("cosine", 1.0, {"max_length": 10})], num_workers=1) as pool:
@@ -177,3 +179,12 @@ def test_bad_specs_fail_before_starting_workers(specs, match):
 def test_unpicklable_functions_are_refused():
     with pytest.raises(ValueError, match="picklable"):
         rewards.RewardPool([("local", 1.0, {})], functions={"local": lambda c, e, n: 1.0})
+
+
+def test_workers_do_not_load_jax():
+    # The parent test process has JAX loaded (conftest); workers are fresh interpreters that
+    # import r1jax.rewards without r1jax/__init__.py.
+    assert "jax" in sys.modules
+    with rewards.RewardPool([("heavy_modules_loaded", 1.0, {})], num_workers=1,
+                            functions=faulty.FUNCTIONS) as pool:
+        assert pool.score(["x"], [{}]).total.tolist() == [0.0]
