@@ -4,9 +4,10 @@ Pure Python (no JAX). `RewardPool` runs weighted combinations of the functions n
 `REWARD_FUNCTIONS` in worker processes with a per-item timeout.
 """
 
-from r1jax.rewards.accuracy import (EXTRACTION_MODES, VerifierTimeout, answer_key,
-                                    extract_answer, gold_answer_text, last_answer_tag,
-                                    last_boxed, math_accuracy, parse_answer, parse_gold, verify)
+from r1jax.rewards.accuracy import (DAPO_ANSWER_PATTERN, EXTRACTION_MODES, VerifierTimeout,
+                                    answer_key, extract_answer, gold_answer_text,
+                                    last_answer_tag, last_boxed, math_accuracy, parse_answer,
+                                    parse_gold, verify)
 from r1jax.rewards.countdown import countdown, evaluate_equation
 from r1jax.rewards.formatting import boxed_format_reward, format_reward
 from r1jax.rewards.functions import REWARD_FUNCTIONS, RewardSpec, make_specs
@@ -15,8 +16,8 @@ from r1jax.rewards.shaping import (cosine_scaled, language_consistency, reasonin
                                    repetition_penalty)
 
 __all__ = [
-    "EXTRACTION_MODES", "VerifierTimeout", "answer_key", "extract_answer", "gold_answer_text",
-    "last_answer_tag", "last_boxed", "math_accuracy", "parse_answer", "parse_gold", "verify",
+    "DAPO_ANSWER_PATTERN", "EXTRACTION_MODES", "VerifierTimeout", "answer_key",
+    "extract_answer", "gold_answer_text", "last_answer_tag", "last_boxed", "math_accuracy", "parse_answer", "parse_gold", "verify",
     "countdown", "evaluate_equation", "boxed_format_reward", "format_reward",
     "REWARD_FUNCTIONS", "RewardSpec", "make_specs", "RewardFailures", "RewardPool",
     "RewardResult", "cosine_scaled", "language_consistency", "reasoning_text",

@@ -19,6 +19,8 @@ import math_verify
 from math_verify.errors import TimeoutException
 
 EXTRACTION_MODES = ("auto", "boxed", "answer_tag", "regex", "math_verify")
+# DAPO's prompt asks for a last line "Answer: $Answer"; use with mode="regex".
+DAPO_ANSWER_PATTERN = r"Answer:[ \t]*([^\n]+)"
 
 # Priority 0 puts `\boxed{}` ahead of "final answer is" phrases when math-verify searches text.
 _LATEX_FIRST = (math_verify.LatexExtractionConfig(boxed_match_priority=0),

@@ -92,7 +92,7 @@ def _units(text: str) -> list[str]:
 
 
 def reasoning_text(completion: str) -> str:
-    """The text inside `<think>...</think>`; text before `</think>`, or all, when tags are missing."""
+    """The reasoning: text after `<think>` (or from the start) up to `</think>` (or the end)."""
     start = completion.find("<think>")
     start = 0 if start < 0 else start + len("<think>")
     end = completion.find("</think>", start)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from r1jax.rewards import (answer_key, extract_answer, gold_answer_text, last_answer_tag,
-                           last_boxed, math_accuracy, verify)
+from r1jax.rewards import (DAPO_ANSWER_PATTERN, answer_key, extract_answer, gold_answer_text,
+                           last_answer_tag, last_boxed, math_accuracy, verify)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -55,10 +55,11 @@ def test_extraction_modes():
 
 def test_dapo_convention_and_regex_mode():
     # DAPO grades the line "Answer: ..." with +1 / -1.
-    kwargs = dict(mode="regex", pattern=r"Answer:\s*([^\n]+)", wrong_reward=-1.0)
+    kwargs = dict(mode="regex", pattern=DAPO_ANSWER_PATTERN, wrong_reward=-1.0)
     assert math_accuracy("work...\nAnswer: 34", "34", **kwargs) == 1.0
     assert math_accuracy("work...\nAnswer: 35", "34", **kwargs) == -1.0
     assert math_accuracy("no answer line", "34", **kwargs) == -1.0
+    assert math_accuracy("Answer: 12\nwait...\nAnswer: $\\frac{68}{2}$", "34", **kwargs) == 1.0
 
 
 @pytest.mark.parametrize("gold,expected", [
