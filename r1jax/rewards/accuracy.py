@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence, Union
 
 import math_verify
 from math_verify.errors import TimeoutException
+from math_verify.utils import timeout as math_verify_timeout
 
 EXTRACTION_MODES = ("auto", "boxed", "answer_tag", "regex", "math_verify")
 # DAPO's prompt asks for a last line "Answer: $Answer"; use with mode="regex".
@@ -247,22 +248,32 @@ def answer_key(answer: Optional[str], timeout_s: int = 3) -> Optional[str]:
 
     Numbers (integers, fractions, decimals, surds) map to their value at 12 significant
     digits, so `0.5`, `1/2` and `\\frac{1}{2}` share a key; other expressions map to sympy's
-    canonical string of the parse; unparseable text maps to its stripped self.
+    canonical string of the parse; unparseable text, and answers whose normal form takes over
+    `timeout_s` to compute (e.g. `(10^{7})!`), map to their stripped text.
     Equivalent answers that sympy does not canonicalise alike (e.g. `x(x+1)` and `x^2+x`) get
-    different keys: voting is by normal form, not by pairwise `verify`.
+    different keys: voting is by normal form, not by pairwise `verify`. Like math-verify, this
+    bounds its work with `signal.alarm`, so call it from a main thread.
     """
     if answer is None or not answer.strip():
         return None
+    text_key = "text:" + answer.strip()
     try:
         parsed = parse_answer(answer, timeout_s)
     except VerifierTimeout:
-        parsed = []
-    if not parsed:
-        return "text:" + answer.strip()
-    expr = parsed[0]
-    if isinstance(expr, str):
-        return "text:" + expr.strip()
-    return _sympy_key(expr)
+        return text_key
+    if not parsed or isinstance(parsed[0], str):
+        return text_key
+    try:
+        return math_verify_timeout(max(1, int(timeout_s)))(_sympy_key)(parsed[0])
+    except TimeoutException:
+        return text_key
+    except Exception:  # noqa: BLE001 - printing or evaluating the parse failed
+        return text_key
+
+
+# Values beyond this are keyed by their float text: rounding them to an exact integer would
+# build a huge int in C code that no alarm interrupts.
+_EXACT_INTEGER_LIMIT = 10**15
 
 
 def _sympy_key(expr: Any) -> str:
@@ -271,15 +282,13 @@ def _sympy_key(expr: Any) -> str:
     # `x = 3` votes with `3`, as math-verify grades an assignment by its value.
     if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, sympy.Symbol):
         expr = expr.rhs
-    try:
-        if isinstance(expr, sympy.Basic) and expr.is_number:
-            value = sympy.N(expr, 15)
-            if value.is_real:
+    if isinstance(expr, sympy.Basic) and expr.is_number:
+        value = sympy.N(expr, 15)
+        if value.is_real and value.is_finite:
+            if abs(value) < _EXACT_INTEGER_LIMIT:
                 nearest = sympy.Integer(round(value))
                 if abs(value - nearest) <= 1e-9 * max(1, abs(nearest)):
                     return f"num:{nearest}"
-                return f"num:{sympy.Float(value, 12)}"
-            return f"num:{sympy.N(expr, 12)}"
-    except Exception:  # noqa: BLE001 - numeric evaluation failed: key by the expression
-        pass
+            return f"num:{sympy.Float(value, 12)}"
+        return f"num:{sympy.N(expr, 12)}"
     return f"expr:{expr}"

@@ -1,5 +1,7 @@
 """Answer extraction, gold parsing and majority-vote keys."""
 
+import time
+
 import pytest
 
 from r1jax.rewards import (DAPO_ANSWER_PATTERN, answer_key, extract_answer, gold_answer_text,
@@ -85,3 +87,13 @@ def test_answer_keys_group_equivalent_numbers():
     assert answer_key("2") != answer_key("3")
     assert answer_key("(1, 2)") != answer_key("[1, 2]")
     assert answer_key(None) is None and answer_key("  ") is None
+
+
+def test_answer_keys_of_huge_numbers_are_bounded():
+    start = time.monotonic()
+    keys = [answer_key(a, timeout_s=1) for a in
+            ("9^{9^{9^{9}}}", "(10^{7})!", "10^{10^{10}}", "2^{2^{100}}")]
+    assert time.monotonic() - start < 15
+    assert all(k is not None for k in keys)
+    # big but tame values still vote by value
+    assert answer_key("2^{1009}") == answer_key("2^{1009}\\cdot 1") != answer_key("2^{1008}")
