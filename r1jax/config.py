@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention_out")
@@ -150,7 +150,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         item_tp = args[0] if args else Any
         return tuple(_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}': expected a dict, got {value!r}")
         return dict(value)
@@ -204,3 +204,365 @@ def to_dict(obj: Any) -> dict:
             return [fix(x) for x in v]
         return v
     return fix(dataclasses.asdict(obj))
+
+
+# --------------------------------------------------------------------------------------------
+# The run: every section of a training (or evaluation) job.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where the policy comes from (exactly one of path / preset / arch) and its numerics.
+
+    path: a local Hugging Face directory (weights + config.json + tokenizer files).
+    preset: a named architecture from r1jax.models.presets, randomly initialized.
+    arch: a config.json-style dict (model_type, hidden_size, ...), randomly initialized; the
+      demo's tiny models are written this way.
+    tokenizer: tokenizer directory (default: `path`).
+    char_vocab: build a character-level tokenizer over these characters (plus the R1 tags
+      and special tokens) instead of loading one; for models trained from scratch.
+    """
+
+    path: Optional[str] = None
+    preset: Optional[str] = None
+    arch: Optional[dict] = None
+    tokenizer: Optional[str] = None
+    char_vocab: Optional[str] = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: str = "none"
+    attention_impl: str = "xla"
+    scan_layers: bool = True
+    init_seed: int = 0
+
+    def validate(self, path: str) -> None:
+        given = [k for k in ("path", "preset", "arch") if getattr(self, k) is not None]
+        _check(len(given) == 1, path, "path",
+               f"set exactly one of path / preset / arch (got {given or 'none'})")
+        _check(self.tokenizer is None or self.char_vocab is None, path, "char_vocab",
+               "set tokenizer or char_vocab, not both")
+        _check(self.path is not None or self.tokenizer is not None or bool(self.char_vocab),
+               path, "tokenizer", "a model without `path` needs `tokenizer` or `char_vocab`")
+        _check(self.param_dtype in DTYPES, path, "param_dtype", f"must be one of {DTYPES}")
+        _check(self.dtype in DTYPES, path, "dtype", f"must be one of {DTYPES}")
+        _check(self.remat in REMAT_POLICIES, path, "remat", f"must be one of {REMAT_POLICIES}")
+        _check(self.attention_impl in ATTENTION_IMPLS, path, "attention_impl",
+               f"must be one of {ATTENTION_IMPLS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes (one may be -1: the rest) and logical-axis rule overrides."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    rules: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        sizes = (self.data, self.fsdp, self.tensor)
+        _check(all(s == -1 or s >= 1 for s in sizes), path, "fsdp",
+               f"mesh sizes must be >= 1 or -1, got {sizes}")
+        _check(sizes.count(-1) <= 1, path, "fsdp", "at most one mesh size may be -1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training prompts.
+
+    source: a benchmark name of r1jax.data (gsm8k_train, math500, ...), a JSONL / Parquet
+      path (with `recipe`), or a generated task: "countdown" or "arithmetic".
+    template: prompt template (r1_zero, qwen_math, chat, plain).
+    max_prompt_tokens: longer prompts are dropped (and counted) at start-up.
+    num_generated: examples of a generated task.
+    """
+
+    source: str = "gsm8k_train"
+    recipe: Optional[str] = None
+    data_dir: Optional[str] = None
+    template: str = "r1_zero"
+    system_prompt: Optional[str] = None
+    max_prompt_tokens: int = 512
+    limit: Optional[int] = None
+    strict: bool = False
+    seed: int = 0
+    num_generated: int = 10000
+    task_options: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        _check(self.max_prompt_tokens >= 1, path, "max_prompt_tokens", "must be >= 1")
+        _check(self.num_generated >= 1, path, "num_generated", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardFunctionConfig:
+    """One weighted reward function of r1jax.rewards (REWARD_FUNCTIONS name + kwargs)."""
+
+    name: str
+    weight: float = 1.0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardsConfig:
+    """The reward is the weighted sum of `functions`; `accuracy` names the function whose
+    value > 0 counts as a correct answer (accuracy metrics, solve-all / solve-none)."""
+
+    functions: tuple[RewardFunctionConfig, ...] = (
+        RewardFunctionConfig("accuracy", 1.0, {}),)
+    accuracy: str = "accuracy"
+    num_workers: int = 2
+    timeout_s: float = 10.0
+
+    def validate(self, path: str) -> None:
+        _check(len(self.functions) > 0, path, "functions", "needs at least one reward")
+        names = [f.name for f in self.functions]
+        _check(self.accuracy in names, path, "accuracy",
+               f"'{self.accuracy}' is not one of the reward functions {names}")
+        _check(self.num_workers >= 1, path, "num_workers", "must be >= 1")
+        _check(self.timeout_s > 0, path, "timeout_s", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of G completions per prompt with the native sampler."""
+
+    group_size: int = 8
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    truncate_prompts: bool = False
+    recompute_old_logprobs: bool = False
+
+    def validate(self, path: str) -> None:
+        _check(self.group_size >= 1, path, "group_size", "must be >= 1")
+        _check(self.max_new_tokens >= 1, path, "max_new_tokens", "must be >= 1")
+        _check(self.temperature > 0, path, "temperature",
+               "must be > 0 for RL rollouts (greedy rollouts give no exploration)")
+        _check(0 < self.top_p <= 1, path, "top_p", "must be in (0, 1]")
+        _check(self.top_k >= 0, path, "top_k", "must be >= 0")
+        _check(0 <= self.min_p < 1, path, "min_p", "must be in [0, 1)")
+
+
+ADV_MODES = ("group", "batch", "none", "rloo")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+             "seq-mean-token-sum-norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    """GRPO / DAPO knobs (formulas in README and r1jax/rl).
+
+    adv: "group" (GRPO), "batch" (batch std), "none" (Dr. GRPO), "rloo".
+    num_iterations: mu, policy updates per rollout batch.
+    minibatches: optimizer steps per pass over the rollout batch.
+    microbatches: gradient-accumulation pieces of each minibatch.
+    max_response_len: constant of seq-mean-token-sum-norm (default rollout.max_new_tokens).
+    """
+
+    adv: str = "group"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    clip_c: Optional[float] = None
+    agg: str = "token-mean"
+    max_response_len: Optional[int] = None
+    ratio_level: str = "token"
+    kl_beta: float = 0.0
+    kl_kind: str = "k3"
+    entropy_coef: float = 0.0
+    num_iterations: int = 1
+    minibatches: int = 1
+    microbatches: int = 1
+    dynamic_sampling: bool = False
+    max_num_gen_batches: int = 0
+    min_train_prompts: Optional[int] = None
+    overlong_filter: bool = False
+    overlong_buffer_len: int = 0
+    overlong_penalty_factor: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.adv in ADV_MODES, path, "adv", f"must be one of {ADV_MODES}")
+        _check(self.agg in AGG_MODES, path, "agg", f"must be one of {AGG_MODES}")
+        _check(0 <= self.eps_low < 1, path, "eps_low", "must be in [0, 1)")
+        _check(self.eps_high >= 0, path, "eps_high", "must be >= 0")
+        _check(self.clip_c is None or self.clip_c > 1, path, "clip_c", "must be > 1 or None")
+        _check(self.ratio_level in ("token", "sequence"), path, "ratio_level",
+               "must be 'token' or 'sequence' (GSPO)")
+        _check(self.kl_beta >= 0, path, "kl_beta", "must be >= 0")
+        _check(self.kl_kind in ("k1", "k2", "k3"), path, "kl_kind", "must be k1, k2 or k3")
+        for key in ("num_iterations", "minibatches", "microbatches"):
+            _check(getattr(self, key) >= 1, path, key, "must be >= 1")
+        _check(self.max_num_gen_batches >= 0, path, "max_num_gen_batches",
+               "must be >= 0 (0 = unlimited)")
+        _check(self.overlong_buffer_len >= 0, path, "overlong_buffer_len", "must be >= 0")
+        _check(self.overlong_penalty_factor >= 0, path, "overlong_penalty_factor",
+               "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup then constant or cosine decay, and global-norm clipping."""
+
+    lr: float = 1e-6
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.lr > 0, path, "lr", "must be > 0")
+        _check(self.schedule in ("constant", "cosine"), path, "schedule",
+               "must be 'constant' or 'cosine'")
+        _check(self.warmup_steps >= 0, path, "warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, path, "min_lr_ratio", "must be in [0, 1]")
+        _check(self.grad_clip >= 0, path, "grad_clip", "must be >= 0 (0 = off)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """Supervised warm start ("cold start" in R1) on worked solutions before RL.
+
+    Examples need a `solution` field (the response text the model should produce after the
+    prompt); steps 0 skips the stage.
+    """
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    num_examples: Optional[int] = None
+    seed: int = 1
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 0, path, "steps", "must be >= 0")
+        _check(self.batch_size >= 1, path, "batch_size", "must be >= 1")
+        _check(self.lr > 0, path, "lr", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: before RL, every `every` steps, and at the end."""
+
+    source: Optional[str] = None
+    recipe: Optional[str] = None
+    limit: Optional[int] = None
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: Optional[int] = None
+    every: int = 0
+    seed: int = 1234
+
+    def validate(self, path: str) -> None:
+        _check(self.n >= 1, path, "n", "must be >= 1")
+        _check(self.temperature >= 0, path, "temperature", "must be >= 0")
+        _check(self.every >= 0, path, "every", "must be >= 0 (0 = only before and after)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The loop: steps, batch, where the run lives, checkpoints and logs."""
+
+    steps: int = 100
+    prompts_per_step: int = 16
+    gen_prompts_per_batch: Optional[int] = None
+    run_dir: str = "runs/default"
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = True
+    resume: bool = True
+    max_consecutive_skips: int = 5
+    export_hf: bool = True
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def validate(self, path: str) -> None:
+        _check(self.steps >= 0, path, "steps", "must be >= 0")
+        _check(self.prompts_per_step >= 1, path, "prompts_per_step", "must be >= 1")
+        _check(self.gen_prompts_per_batch is None or self.gen_prompts_per_batch >= 1, path,
+               "gen_prompts_per_batch", "must be >= 1")
+        _check(self.checkpoint_every >= 0, path, "checkpoint_every", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, path, "keep_checkpoints", "must be >= 1")
+        _check(self.max_consecutive_skips >= 1, path, "max_consecutive_skips", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; configs/*.py files produce it."""
+
+    model: ModelSpec
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    rewards: RewardsConfig = RewardsConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algo: AlgoConfig = AlgoConfig()
+    optim: OptimConfig = OptimConfig()
+    sft: SFTConfig = SFTConfig()
+    eval: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
+
+    def validate(self, path: str) -> None:
+        if self.algo.agg == "seq-mean-token-sum-norm" and self.algo.max_response_len:
+            _check(self.algo.max_response_len >= self.rollout.max_new_tokens, path,
+                   "algo.max_response_len", "must be >= rollout.max_new_tokens")
+        if self.algo.overlong_buffer_len:
+            _check(self.algo.overlong_buffer_len <= self.rollout.max_new_tokens, path,
+                   "algo.overlong_buffer_len", "must be <= rollout.max_new_tokens")
+        if self.algo.min_train_prompts is not None:
+            _check(1 <= self.algo.min_train_prompts <= self.train.prompts_per_step, path,
+                   "algo.min_train_prompts", "must be in [1, train.prompts_per_step]")
+        if not self.algo.dynamic_sampling:
+            _check(self.train.gen_prompts_per_batch in (None, self.train.prompts_per_step),
+                   path, "train.gen_prompts_per_batch",
+                   "differs from prompts_per_step only with algo.dynamic_sampling")
+        _check(self.train.prompts_per_step % self.algo.minibatches == 0, path,
+               "algo.minibatches", "must divide train.prompts_per_step")
+
+
+def base_config() -> Any:
+    """An ml_collections ConfigDict holding every RunConfig field at its default.
+
+    Config files start from it and set what they change, so that the command line can
+    override any field (absl-style overrides can only set keys that exist).
+    """
+    from ml_collections import ConfigDict
+    defaults = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name == "model":
+            defaults["model"] = {g.name: (g.default if g.default is not dataclasses.MISSING
+                                          else None) for g in dataclasses.fields(ModelSpec)}
+        else:
+            defaults[f.name] = to_dict(f.default)
+    return ConfigDict(defaults)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """Loads `configs/x.py[:arg]` with absl-style overrides (`"optim.lr=1e-6"`).
+
+    The same path the command-line tools take (`--config=configs/x.py:arg
+    --config.optim.lr=1e-6`), for tests and notebooks.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "run config", flag_values=fv,
+                                    lock_config=True)
+    argv = ["r1jax", f"--config={spec}"] + [f"--config.{o}" for o in overrides]
+    try:
+        fv(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        raise ConfigError(f"config {spec}: {e}") from None
+    return run_config_from(fv.config)
+
+
+def run_config_from(config_dict: Any) -> RunConfig:
+    """The typed RunConfig of an ml_collections ConfigDict (or a plain nested dict)."""
+    data = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
+    return from_dict(RunConfig, data, "config")
