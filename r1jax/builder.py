@@ -1,0 +1,97 @@
+"""Builds what a run config names: mesh, tokenizer, policy, data sources, reward pool."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+from flax import nnx
+
+from r1jax.config import DataConfig, EvalConfig, MeshConfig, ModelSpec, RewardsConfig
+from r1jax.models import Decoder, load_hf, load_tokenizer, model_config_from_hf, preset_config
+from r1jax.models.char_tokenizer import make_char_tokenizer
+from r1jax.sharding import Sharding, make_mesh, merge_rules
+
+
+def build_sharding(cfg: MeshConfig) -> Sharding:
+    return Sharding(make_mesh(cfg.data, cfg.fsdp, cfg.tensor), merge_rules(cfg.rules))
+
+
+def build_tokenizer(spec: ModelSpec, run_dir: Optional[str] = None) -> Any:
+    """The tokenizer of `spec`; a character tokenizer is also saved under run_dir/tokenizer."""
+    if spec.char_vocab:
+        tok = make_char_tokenizer(spec.char_vocab)
+        if run_dir is not None:
+            tok.save_pretrained(os.path.join(run_dir, "tokenizer"))
+        return tok
+    return load_tokenizer(spec.tokenizer or spec.path)
+
+
+def build_policy(spec: ModelSpec, sharding: Sharding, tokenizer: Any = None) -> Decoder:
+    """The policy: loaded from `spec.path`, or randomly initialized from a preset / arch.
+
+    For `arch` models the vocabulary defaults to the tokenizer's size.
+    """
+    numerics = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, remat=spec.remat,
+                    attention_impl=spec.attention_impl, scan_layers=spec.scan_layers)
+    if spec.path is not None:
+        return load_hf(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype,
+                       mesh=sharding, remat=spec.remat, attention_impl=spec.attention_impl,
+                       scan_layers=spec.scan_layers)
+    if spec.preset is not None:
+        cfg = preset_config(spec.preset, **numerics)
+    else:
+        arch = dict(spec.arch)
+        if "vocab_size" not in arch:
+            if tokenizer is None:
+                raise ValueError("model.arch has no vocab_size and there is no tokenizer")
+            arch["vocab_size"] = len(tokenizer)
+        cfg = model_config_from_hf(arch, **numerics)
+    if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's "
+                         f"vocab_size {cfg.vocab_size}")
+    return Decoder(cfg, rngs=nnx.Rngs(spec.init_seed), sharding=sharding)
+
+
+def build_source(source: str, *, recipe: Optional[str], data_dir: Optional[str],
+                 limit: Optional[int], strict: bool, seed: int, num_generated: int,
+                 task_options: dict, split: str = "train") -> Any:
+    """A PromptSource: a generated task ("countdown", "arithmetic") or a dataset."""
+    from r1jax import data
+    from r1jax.data.arithmetic import generate_arithmetic
+    if source == "countdown":
+        return data.generate_countdown(num_generated, seed + (0 if split == "train" else 7919),
+                                       **task_options)
+    if source == "arithmetic":
+        return generate_arithmetic(num_generated, split=split, **task_options)
+    return data.load_source(source, recipe=recipe, data_dir=data_dir, strict=strict,
+                            limit=limit)
+
+
+def build_train_source(cfg: DataConfig) -> Any:
+    return build_source(cfg.source, recipe=cfg.recipe, data_dir=cfg.data_dir, limit=cfg.limit,
+                        strict=cfg.strict, seed=cfg.seed, num_generated=cfg.num_generated,
+                        task_options=cfg.task_options, split="train")
+
+
+def build_eval_source(cfg: EvalConfig, data_cfg: DataConfig) -> Optional[Any]:
+    """Held-out problems; generated tasks use their test split."""
+    if cfg.source is None:
+        return None
+    limit = cfg.limit if cfg.limit is not None else data_cfg.num_generated
+    return build_source(cfg.source, recipe=cfg.recipe, data_dir=data_cfg.data_dir,
+                        limit=cfg.limit, strict=data_cfg.strict, seed=data_cfg.seed,
+                        num_generated=limit, task_options=data_cfg.task_options,
+                        split="test")
+
+
+def build_reward_pool(cfg: RewardsConfig) -> Any:
+    from r1jax.rewards import RewardPool
+    return RewardPool([(f.name, f.weight, dict(f.kwargs)) for f in cfg.functions],
+                      num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+
+
+def process_shard() -> tuple[int, int]:
+    """(index, count) of this process among all processes (data sharding)."""
+    return jax.process_index(), jax.process_count()
