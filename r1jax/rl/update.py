@@ -39,7 +39,8 @@ class RLBatch:
 
     tokens [B, S] int32; positions [B, S] int32; segment_ids [B, S] int32 (1 = token,
     0 = padding); mask [B, T] float32 (completion tokens that count in the loss); adv [B]
-    float32; old_logp [B, T] float32; ref_logp [B, T] float32 (zeros when beta = 0).
+    float32; old_logp [B, T] float32; ref_logp [B, T] float32 (zeros when beta = 0);
+    valid_rows [B] float32 (0 on rows that only pad the batch to its fixed size).
     """
 
     tokens: jax.Array
@@ -49,6 +50,7 @@ class RLBatch:
     adv: jax.Array
     old_logp: jax.Array
     ref_logp: jax.Array
+    valid_rows: jax.Array
 
     @property
     def completion_len(self) -> int:
@@ -150,7 +152,11 @@ def make_update_fn(cfg: ModelConfig, algo: AlgoConfig, tx: optax.GradientTransfo
     """`update(state, batch) -> (state, metrics)`: one optimizer step on one minibatch."""
 
     def update(state: State, batch: RLBatch):
-        denominator = losses.loss_denominator(batch.mask, algo.agg, max_response_len)
+        if algo.agg == "seq-mean-token-sum-norm":
+            # Dr. GRPO's constant: rows x max_response_len, counting real rows only.
+            denominator = jnp.sum(batch.valid_rows) * max_response_len
+        else:
+            denominator = losses.loss_denominator(batch.mask, algo.agg, max_response_len)
         loss_fn = lambda p, piece: _piece_loss(p, piece, denominator, cfg, algo, sharding,
                                                temperature, max_response_len)
         loss, sums, grads = accumulate_grads(loss_fn, state["params"], batch,

@@ -1,0 +1,215 @@
+"""The trainer's device side: train state, jitted update / log-prob programs, batch assembly.
+
+`RLSteps` owns the state `{"params", "opt_state", "step"}` with explicit shardings (parameters
+by the logical rules, optimizer moments like their parameters) and donates it to every
+update, so one copy of the weights exists; the sampler reads `RLSteps.params`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from r1jax.config import ModelConfig, RunConfig, SFTConfig
+from r1jax.models.decoder import param_shardings
+from r1jax.rl import advantages
+from r1jax.rl.rollout import LENGTH, bucket, pack_sequences
+from r1jax.rl.update import (RLBatch, make_logprob_fn, make_optimizer, make_schedule,
+                             make_update_fn)
+from r1jax.sharding import Sharding
+
+ADV_ARGS = {"group": ("group", "mean"), "batch": ("batch", "mean"), "none": ("none", "mean"),
+            "rloo": ("none", "rloo")}
+
+
+def sft_optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
+    sched = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else \
+        cfg.lr
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.0))
+
+
+def _key_names(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def like_params(tree: Any, params_sharding: Any, replicated: NamedSharding) -> Any:
+    """Shardings for an optimizer state: leaves shaped like a parameter (matched by the
+    trailing dict keys of their path) get that parameter's sharding, others are replicated."""
+    by_path = {_key_names(p): s for p, s in
+               jax.tree_util.tree_flatten_with_path(params_sharding)[0]}
+
+    def pick(path, leaf):
+        names = _key_names(path)
+        for i in range(len(names)):
+            if names[i:] in by_path:
+                return by_path[names[i:]]
+        return replicated
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+class RLSteps:
+    """Train state plus the jitted programs that read and write it."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: RunConfig, sharding: Sharding,
+                 params: Any):
+        self.model_cfg = model_cfg
+        self.cfg = cfg
+        self.sharding = sharding
+        algo = cfg.algo
+        self.max_response_len = algo.max_response_len or cfg.rollout.max_new_tokens
+        total = cfg.train.steps * algo.num_iterations * algo.minibatches
+        self.tx = make_optimizer(cfg.optim, max(total, 1))
+        self.schedule = make_schedule(cfg.optim, max(total, 1))
+        self.batch_sharding = NamedSharding(sharding.mesh, P(sharding.batch_axes or None))
+        self.param_sharding = param_shardings(model_cfg, sharding)
+        self.state = {"params": params}
+        self.reset_optimizer()
+        self.ref_params = None
+        if algo.kl_beta > 0:
+            self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                      out_shardings=self.param_sharding)(params)
+        update = make_update_fn(model_cfg, algo, self.tx, sharding, 1.0,
+                                self.max_response_len)
+        self._update = jax.jit(update, donate_argnums=0,
+                               out_shardings=(self.state_sharding, None))
+        self._logprobs = jax.jit(make_logprob_fn(model_cfg, sharding, 1.0))
+
+    @property
+    def params(self) -> Any:
+        return self.state["params"]
+
+    def reset_optimizer(self) -> None:
+        """Fresh optimizer state (and update counter) for the current parameters."""
+        replicated = NamedSharding(self.sharding.mesh, P())
+        abstract = jax.eval_shape(self.tx.init, self.state["params"])
+        opt_sharding = like_params(abstract, self.param_sharding, replicated)
+        self.state_sharding = {"params": self.param_sharding, "opt_state": opt_sharding,
+                               "step": replicated}
+        init = jax.jit(lambda p: {"params": p, "opt_state": self.tx.init(p),
+                                  "step": jnp.int32(0)},
+                       out_shardings=self.state_sharding, donate_argnums=0)
+        self.state = init(self.state["params"])
+
+    # ------------------------------------------------------------------------------------
+    def make_batch(self, groups: list, pad_id: int) -> RLBatch:
+        """RLBatch of the step's groups, padded with empty rows to prompts_per_step x G."""
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        prompts, completions, finish, logp, rewards = [], [], [], [], []
+        for grp in groups:
+            for i in range(g):
+                prompts.append(grp["prompt"])
+                completions.append(grp["completions"][i])
+            finish.append(grp["finish"])
+            logp.append(grp["logp"])
+            rewards.append(grp["rewards"])
+        real = len(prompts)
+        rows = cfg.train.prompts_per_step * g
+        scale, baseline = ADV_ARGS[cfg.algo.adv]
+        adv = np.asarray(advantages.group_advantages(
+            jnp.asarray(np.concatenate(rewards), jnp.float32), g, scale, baseline=baseline))
+        longest = max(len(c) for c in completions) if completions else 1
+        width = bucket(max(longest, 1), 16, cfg.rollout.max_new_tokens)
+        pw = bucket(max(len(p) for p in prompts), 16, cfg.data.max_prompt_tokens)
+        pad_rows = rows - real
+        packed = pack_sequences(prompts + [[pad_id]] * pad_rows,
+                                completions + [[]] * pad_rows, prompt_width=pw,
+                                completion_width=width, pad_id=pad_id)
+        mask = packed["completion_mask"]
+        finish = np.concatenate(finish + [np.zeros(pad_rows, np.int32)])
+        if cfg.algo.overlong_filter:
+            mask = mask * (finish != LENGTH)[:, None]
+        old = np.zeros((rows, width), np.float32)
+        old[:real] = np.concatenate(logp)[:, :width]
+        adv_full = np.zeros((rows,), np.float32)
+        adv_full[:real] = adv
+        valid = np.zeros((rows,), np.float32)
+        valid[:real] = 1.0
+        arrays = RLBatch(tokens=packed["tokens"], positions=packed["positions"],
+                         segment_ids=packed["segment_ids"], mask=mask.astype(np.float32),
+                         adv=adv_full, old_logp=old * mask, ref_logp=np.zeros_like(old),
+                         valid_rows=valid)
+        return jax.device_put(arrays, self.batch_sharding)
+
+    def update(self, batch: RLBatch) -> dict:
+        """mu passes of `minibatches` optimizer steps over the batch; averaged metrics."""
+        algo = self.cfg.algo
+        if self.cfg.rollout.recompute_old_logprobs or algo.num_iterations > 1:
+            batch.old_logp = self._logprobs(self.params, batch) * batch.mask
+        if self.ref_params is not None:
+            batch.ref_logp = self._logprobs(self.ref_params, batch)
+        rows = batch.tokens.shape[0] // algo.minibatches
+        collected = []
+        for _ in range(algo.num_iterations):
+            for m in range(algo.minibatches):
+                lr = float(self.schedule(int(self.state["step"])))
+                self.state, metrics = self._update(self.state, batch.rows(m * rows,
+                                                                          (m + 1) * rows))
+                collected.append(dict(metrics, lr=lr))
+        host = jax.device_get(collected)
+        out = {f"policy/{k}": float(np.mean([c[k] for c in host])) for k in host[0]
+               if k not in ("skipped", "tokens", "sequences", "lr", "grad_norm")}
+        out["grad_norm"] = float(np.mean([c["grad_norm"] for c in host]))
+        out["lr"] = host[-1]["lr"]
+        out["skipped_updates"] = float(sum(c["skipped"] for c in host))
+        out["batch/tokens"] = float(host[0]["tokens"]) * algo.minibatches
+        out["batch/rows"] = float(jnp.sum(batch.valid_rows))
+        return out
+
+    def run_sft(self, update_fn, iterator, cfg: SFTConfig, tokenizer, eos_id: int,
+                pad_id: int, max_completion: int) -> dict:
+        """`cfg.steps` supervised steps on (prompt, solution) batches; returns last metrics."""
+        from r1jax.sft import sft_batch
+        tx_state = {"params": self.state["params"]}
+        sft_update = jax.jit(update_fn, donate_argnums=0)
+        tx = sft_optimizer(cfg)
+        tx_state = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p),
+                                      "step": jnp.int32(0)}, donate_argnums=0)(
+            tx_state["params"])
+        losses, start = [], time.perf_counter()
+        for _ in range(cfg.steps):
+            batch = sft_batch(next(iterator), tokenizer, eos_id=eos_id, pad_id=pad_id,
+                              max_prompt=self.cfg.data.max_prompt_tokens,
+                              max_completion=max_completion)
+            tx_state, metrics = sft_update(tx_state, jax.device_put(batch,
+                                                                    self.batch_sharding))
+            losses.append(metrics["sft/loss"])
+        self.state = {"params": jax.device_put(tx_state["params"], self.param_sharding)}
+        losses = [float(x) for x in jax.device_get(losses)]
+        return {"loss": losses[-1], "first_loss": losses[0], "steps": cfg.steps,
+                "seconds": time.perf_counter() - start}
+
+
+def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:
+    """Metrics of all generation batches of a step (README "Metrics" defines each)."""
+    rewards = np.concatenate([g.rewards for g in gens])
+    lengths = np.concatenate([g.output.lengths for g in gens])
+    finish = np.concatenate([g.output.finish_reason for g in gens])
+    correct = np.concatenate([g.correct for g in gens])
+    out = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
+           "accuracy": float(correct.mean()),
+           "response_length/mean": float(lengths.mean()),
+           "response_length/max": float(lengths.max()),
+           "response_length/min": float(lengths.min()),
+           "response_length/clip_ratio": float((finish == LENGTH).mean())}
+    for name in gens[0].parts:
+        vals = np.concatenate([g.parts[name] for g in gens])
+        out[f"reward/{name}/mean"] = float(vals.mean())
+        out[f"reward/{name}/std"] = float(vals.std())
+    for kind in ("timeouts", "crashes", "exceptions"):
+        out[f"reward/failures/{kind}"] = float(sum(getattr(g.failures, kind) for g in gens))
+    rollout_s = sum(g.seconds["rollout"] for g in gens)
+    out["time/rollout_s"] = rollout_s
+    out["time/reward_s"] = sum(g.seconds["reward"] for g in gens)
+    out["perf/generated_tokens"] = float(lengths.sum())
+    out["perf/generated_tokens_per_s"] = float(lengths.sum()) / max(rollout_s, 1e-9)
+    if ds_stats is not None:
+        for k, v in ds_stats.as_dict().items():
+            out[f"dynamic_sampling/{k}"] = float(v)
+    return out

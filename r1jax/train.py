@@ -1,0 +1,304 @@
+"""The one orchestrator: [SFT warm start] -> (rollout -> reward -> advantage -> update)* -> export.
+
+Every process of the job runs this same program over the same mesh: the policy parameters,
+optimizer state and (when kl_beta > 0) frozen reference parameters are sharded arrays by the
+rules of r1jax/sharding.py, and the sampler reads exactly the arrays the update writes.
+
+    r1jax-train --config=configs/demo_cpu.py
+    r1jax-train --config=configs/dapo_qwen2_5_math_7b.py --config.train.run_dir=/ckpt/run1
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from r1jax import builder, checkpoint
+from r1jax.config import RunConfig, load_config, to_dict
+from r1jax.data import make_prompt_iterator
+from r1jax.evaluation.evaluate import evaluate, write_results
+from r1jax.metrics import MetricsWriter
+from r1jax.models import save_hf
+from r1jax.models.decoder import Decoder
+from r1jax.rl import dapo, steps
+from r1jax.rl.rollout import generate_batch
+from r1jax.sampling import Sampler
+from r1jax.sft import make_sft_update
+
+log = logging.getLogger("r1jax.train")
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite updates, dynamic sampling exhausted); a checkpoint
+    was saved first."""
+
+
+class Trainer:
+    """Holds the run's state and runs it; `Trainer(cfg).run()` is the whole job."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.run_dir = os.path.abspath(cfg.train.run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.sharding = builder.build_sharding(cfg.mesh)
+        self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
+        model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
+        self.model_config = model.config
+        self._source = (model.source_dir, model.source_config)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.eos_id
+        max_new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
+        self.sampler = Sampler(model, max_prompt_len=cfg.data.max_prompt_tokens,
+                               max_new_tokens=max_new, eos_token_ids=[self.eos_id],
+                               pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts)
+        self.pool = builder.build_reward_pool(cfg.rewards)
+        shard, shards = builder.process_shard()
+        gen_prompts = cfg.train.gen_prompts_per_batch or cfg.train.prompts_per_step
+        self.train_source = builder.build_train_source(cfg.data)
+        self.data = make_prompt_iterator(
+            self.train_source, self.tokenizer, self._template(), gen_prompts, cfg.data.seed,
+            shard, shards, cfg.data.max_prompt_tokens)
+        self.eval_problems = self._eval_problems()
+        self.rl = steps.RLSteps(self.model_config, cfg, self.sharding, model.params)
+        del model  # its arrays now belong to the train state (donated by the update)
+        self.checkpointer = checkpoint.Checkpointer(
+            os.path.join(self.run_dir, "checkpoints"), keep=cfg.train.keep_checkpoints,
+            async_save=cfg.train.async_checkpoint)
+        self.step = 0
+        self.summary: dict = {}
+        self._stop_requested = False
+        self._consecutive_skips = 0
+
+    # ------------------------------------------------------------------------------------
+    def _template(self):
+        from r1jax.data.templates import make_template
+        return make_template(self.cfg.data.template, self.cfg.data.system_prompt)
+
+    def _eval_problems(self) -> Optional[list]:
+        source = builder.build_eval_source(self.cfg.eval, self.cfg.data)
+        if source is None:
+            return None
+        it = make_prompt_iterator(source, self.tokenizer, self._template(), 1, 0,
+                                  max_prompt_tokens=self.cfg.data.max_prompt_tokens,
+                                  num_epochs=1)
+        problems = [batch[0] for batch in it]
+        return sorted(problems, key=lambda p: p["id"])
+
+    def _seed(self, step: int, gen_batch: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + step * 1009 + gen_batch) % (2**31 - 1)
+
+    # ------------------------------------------------------------------------------------
+    def evaluate(self, tag: str) -> Optional[dict]:
+        """Held-out evaluation with the current params; writes eval/<tag>.json(l)."""
+        if not self.eval_problems:
+            return None
+        e = self.cfg.eval
+        result = evaluate(self.sampler, self.tokenizer, self.eval_problems, self.pool,
+                          accuracy_name=self.cfg.rewards.accuracy, params=self.rl.params,
+                          n=e.n, temperature=e.temperature, top_p=e.top_p,
+                          max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
+                          seed=e.seed)
+        if jax.process_index() == 0:
+            write_results(os.path.join(self.run_dir, "eval"), tag, result)
+        return result.report
+
+    def save(self, wait: bool = False) -> None:
+        meta = {"step": self.step, "summary": self.summary, "config": to_dict(self.cfg)}
+        self.checkpointer.save(self.step, self.rl.state, self.data.get_state(), meta)
+        if wait:
+            self.checkpointer.wait()
+
+    def restore(self) -> bool:
+        """Resumes from the latest checkpoint, if any; returns whether it did."""
+        latest = self.checkpointer.latest_step()
+        if latest is None or not self.cfg.train.resume:
+            return False
+        state, data_state, meta = self.checkpointer.restore(
+            latest, checkpoint.abstract_like(self.rl.state))
+        self.rl.state = state
+        self.data.set_state(data_state)
+        self.step = int(meta["step"])
+        self.summary = meta.get("summary", {})
+        log.info("resumed from %s at step %d", self.checkpointer.directory, self.step)
+        return True
+
+    # ------------------------------------------------------------------------------------
+    def warm_start(self, writer: MetricsWriter) -> None:
+        """Supervised cold start on the training examples' worked solutions."""
+        s = self.cfg.sft
+        source = builder.build_train_source(self.cfg.data)
+        it = make_prompt_iterator(source, self.tokenizer, self._template(), s.batch_size,
+                                  s.seed, *builder.process_shard(),
+                                  max_prompt_tokens=self.cfg.data.max_prompt_tokens)
+        update = make_sft_update(self.model_config, steps.sft_optimizer(s),
+                                 self.sharding)
+        sft_metrics = self.rl.run_sft(update, it, s, self.tokenizer, self.eos_id, self.pad_id,
+                                      self.cfg.rollout.max_new_tokens)
+        self.summary["sft"] = sft_metrics
+        writer.note(f"warm start: {s.steps} SFT steps, final loss {sft_metrics['loss']:.4f}")
+
+    def collect(self, step: int) -> tuple[list, dict]:
+        """Generation batches until the step's groups are gathered (DAPO dynamic sampling)."""
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        sampling = dict(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        top_k=cfg.rollout.top_k, min_p=cfg.rollout.min_p)
+        overlong = None
+        if cfg.algo.overlong_buffer_len:
+            overlong = (cfg.algo.overlong_buffer_len, cfg.algo.overlong_penalty_factor)
+        ds = dapo.DynamicSampler(cfg.train.prompts_per_step, g, cfg.algo.max_num_gen_batches,
+                                 cfg.algo.min_train_prompts) if cfg.algo.dynamic_sampling \
+            else None
+        gens = []
+        while True:
+            gen = generate_batch(self.sampler, self.tokenizer, self.pool, next(self.data),
+                                 params=self.rl.params, group_size=g,
+                                 max_new_tokens=cfg.rollout.max_new_tokens, sampling=sampling,
+                                 seed=self._seed(step, len(gens)),
+                                 accuracy_name=cfg.rewards.accuracy, overlong=overlong)
+            gens.append(gen)
+            payloads = [gen.group(p, g) for p in range(len(gen.examples))]
+            if ds is None:
+                return payloads, steps.rollout_metrics(gens, None)
+            if ds.add(gen.rewards, payloads, correct=gen.correct) is not dapo.Status.NEED_MORE:
+                break
+        try:
+            groups, ds_stats = ds.take()
+        except dapo.DynamicSamplingError as e:
+            self.save(wait=True)
+            raise TrainingStopped(f"{e} (checkpoint saved at step {self.step})") from e
+        return groups, steps.rollout_metrics(gens, ds_stats)
+
+    def train_step(self, step: int) -> dict:
+        start = time.perf_counter()
+        groups, metrics = self.collect(step)
+        update_start = time.perf_counter()
+        batch = self.rl.make_batch(groups, self.pad_id)
+        update_metrics = self.rl.update(batch)
+        metrics.update(update_metrics)
+        metrics["time/update_s"] = time.perf_counter() - update_start
+        metrics["time/step_s"] = time.perf_counter() - start
+        if update_metrics["skipped_updates"] == self.cfg.algo.num_iterations * \
+                self.cfg.algo.minibatches:
+            self._consecutive_skips += 1
+        else:
+            self._consecutive_skips = 0
+        if self._consecutive_skips >= self.cfg.train.max_consecutive_skips:
+            self.step = step + 1
+            self.save(wait=True)
+            raise TrainingStopped(f"{self._consecutive_skips} consecutive steps had only "
+                                  "non-finite losses or gradients (all updates skipped); "
+                                  f"checkpoint saved at step {self.step}")
+        return metrics
+
+    # ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """The whole job; returns the summary (also written to run_dir/summary.json)."""
+        cfg = self.cfg
+        resumed = self.restore()
+        writer = MetricsWriter(self.run_dir, total_steps=cfg.train.steps,
+                               start_step=self.step, tensorboard=cfg.train.tensorboard,
+                               progress_bar=cfg.train.progress_bar)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            if not resumed:
+                if cfg.sft.steps:
+                    self.warm_start(writer)
+                self.rl.reset_optimizer()
+                self.summary["eval_before"] = self.evaluate("before_rl")
+                self._print_eval("before RL", self.summary["eval_before"], writer)
+                self.save(wait=True)
+            while self.step < cfg.train.steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                if cfg.eval.every and self.step % cfg.eval.every == 0 \
+                        and self.step < cfg.train.steps:
+                    report = self.evaluate(f"step_{self.step}")
+                    metrics.update({f"eval/{k}": v for k, v in (report or {}).items()})
+                writer.write(self.step, metrics)
+                if self._stop_requested:
+                    writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
+                    self.save(wait=True)
+                    self.summary["stopped_at"] = self.step
+                    return self.summary
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                    self.save()
+            self.summary["eval_after"] = self.evaluate("after_rl")
+            self._print_eval("after RL", self.summary["eval_after"], writer)
+            self.save(wait=True)
+            if cfg.train.export_hf:
+                self.summary["export"] = self.export(os.path.join(self.run_dir, "export"))
+            self._write_summary(writer)
+            return self.summary
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            writer.close()
+            self.checkpointer.wait()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.checkpointer.close()
+
+    def export(self, out_dir: str) -> str:
+        """Writes the current policy as a Hugging Face directory (atomically)."""
+        model = Decoder(self.model_config, params=self.rl.params, sharding=self.sharding,
+                        source_dir=self._source[0], source_config=self._source[1])
+        tokenizer = self.tokenizer if self.cfg.model.char_vocab else None
+        return save_hf(model, out_dir, tokenizer=tokenizer)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop_requested = True
+
+    def _print_eval(self, when: str, report: Optional[dict], writer: MetricsWriter) -> None:
+        if report:
+            writer.note(f"held-out {when}: pass@1 {report['pass@1']:.3f} over "
+                        f"{report['problems']} problems")
+
+    def _write_summary(self, writer: MetricsWriter) -> None:
+        before = (self.summary.get("eval_before") or {}).get("pass@1")
+        after = (self.summary.get("eval_after") or {}).get("pass@1")
+        if before is not None and after is not None:
+            self.summary["accuracy_gain_points"] = 100 * (after - before)
+            writer.note(f"held-out accuracy: before RL {before:.1%} | after RL {after:.1%} "
+                        f"| gain {100 * (after - before):+.1f} points")
+        if jax.process_index() == 0:
+            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+                json.dump(self.summary, f, indent=2, default=float)
+            try:
+                from r1jax import plot
+                self.summary["plot"] = plot.plot_run(self.run_dir)
+            except ImportError as e:  # matplotlib missing: the run itself is complete
+                log.warning("no reward curve PNG: %s", e)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of `r1jax-train --config=FILE[:ARG] [--config.key=value ...]`."""
+    import sys
+    argv = list(sys.argv if argv is None else argv)
+    spec = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if not spec:
+        print("usage: r1jax-train --config=configs/FILE.py[:ARG] [--config.KEY=VALUE ...]",
+              file=sys.stderr)
+        return 2
+    overrides = [a[len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_config(spec[-1], overrides)
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    print(json.dumps({k: v for k, v in summary.items() if k != "sft"}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
