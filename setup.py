@@ -32,6 +32,9 @@ setup(
         "numpy>=1.26",
         "ml-dtypes>=0.5",
         "tqdm>=4.66",
+        "pyarrow>=14",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "torch>=2.5"],
@@ -39,5 +42,9 @@ setup(
         "cuda": ["jax[cuda12]>=0.8.1,<0.11"],
         "cuda13": ["jax[cuda13]>=0.8.1,<0.11"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "r1jax-train=r1jax.train:main",
+        "r1jax-eval=r1jax.evaluation.cli:main",
+        "r1jax-plot=r1jax.plot:main",
+    ]},
 )
