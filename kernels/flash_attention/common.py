@@ -24,6 +24,9 @@ PLATFORMS = ("tpu", "gpu")
 class BlockSizes:
     """Tile sizes of the flash kernels; numerics do not depend on them, speed does.
 
+    Interpret mode takes any multiple of 8. Compiled, Mosaic (TPU) wants multiples of 128
+    (or the whole padded sequence) and Triton (GPU) powers of two >= 16.
+
     Attributes:
       block_q, block_k: query / key rows per tile of the forward kernel.
       block_q_dkv, block_k_dkv: tiles of the backward kernel that accumulates dK and dV.
@@ -64,11 +67,17 @@ class BlockSizes:
         else:
             raise ValueError(f"no flash-attention block sizes for platform '{platform}'; "
                              f"choose one of {PLATFORMS}")
-        return sizes.fit(seq_len, granule=128 if platform == "tpu" else 16)
+        if platform == "tpu":
+            return sizes.fit(seq_len, granule=128)
+        return sizes.fit(seq_len, granule=16, power_of_two=True)
 
-    def fit(self, seq_len: int, granule: int = 8) -> "BlockSizes":
-        """Each block shrunk to at most `seq_len` rounded up to `granule`."""
-        cap = _round_up(seq_len, granule)
+    def fit(self, seq_len: int, granule: int = 8, power_of_two: bool = False) -> "BlockSizes":
+        """Each block shrunk to at most `seq_len` rounded up to `granule` (or to a power of
+        two, at least `granule`)."""
+        if power_of_two:
+            cap = max(granule, 1 << (max(seq_len, 1) - 1).bit_length())
+        else:
+            cap = _round_up(seq_len, granule)
         return BlockSizes(**{f.name: min(getattr(self, f.name), cap)
                              for f in dataclasses.fields(self)})
 

@@ -64,7 +64,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     if block_sizes is None:
         block_sizes = BlockSizes.get_default("gpu", seq_len=s, num_groups=h // kh, head_dim=d)
     else:
-        block_sizes = block_sizes.fit(s, granule=16)
+        block_sizes = block_sizes.fit(s, granule=16, power_of_two=True)
     _check_blocks(block_sizes)
     sp = -(-s // block_sizes.padded_multiple) * block_sizes.padded_multiple
     seg = common.pad_segment_ids(common.resolve_segment_ids(segment_ids, b, s), sp)

@@ -63,7 +63,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     if block_sizes is None:
         block_sizes = BlockSizes.get_default("tpu", seq_len=s, num_groups=g, head_dim=d)
     else:
-        block_sizes = block_sizes.fit(s)
+        block_sizes = block_sizes.fit(s, granule=128)
     sp = -(-s // block_sizes.padded_multiple) * block_sizes.padded_multiple
     seg = common.pad_segment_ids(common.resolve_segment_ids(segment_ids, b, s), sp)
     q5 = common.pad_seq(q, sp, 1).reshape(b, sp, kh, g, d).transpose(0, 2, 3, 1, 4)

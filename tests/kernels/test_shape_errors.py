@@ -70,6 +70,9 @@ def test_default_block_sizes_follow_backend_and_shape():
     assert (short.block_q, short.block_k, short.padded_multiple) == (256, 256, 256)
     gpu = fa.BlockSizes.get_default("gpu", seq_len=8192, num_groups=7, head_dim=128)
     assert (gpu.block_q, gpu.block_k) == (128, 64)
+    # GPU tiles stay powers of two when shrunk to a short sequence (S = 40 -> 64).
+    gpu = fa.BlockSizes.get_default("gpu", seq_len=40, num_groups=7, head_dim=64)
+    assert set(vars(gpu).values()) == {64}
     # GPU decode: about two programs per SM, never more splits than tiles.
     assert dec.BlockSizes.get_default("gpu", batch=8, kv_heads=4, cache_len=8192) == \
         dec.BlockSizes(64, num_splits=9)
