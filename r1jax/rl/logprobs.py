@@ -8,39 +8,38 @@ kernel w [D, V], z = (h @ w) / temperature (float32 accumulation), and returns
 
 tile by tile, under a custom VJP so that the backward pass is tiled too. A tile is a chunk of
 T positions (all B rows) times a chunk of the vocabulary; for small vocabularies one vocab
-chunk covers V. Forward: per tile one matmul, then an online logsumexp (running max and sum),
-the target logit and the entropy's running sum of p z; only logsumexp and entropy [B, T]
-are kept as residuals. Backward: each tile's logits are recomputed once, then with
-p = softmax(z), onehot = [v = target],
+chunk covers V, and a last, narrower vocab chunk takes the remainder (nothing is padded).
 
-    dL/dz = g_logp (onehot - p) - g_ent p (log p + H)
+Forward: the target logit is a gathered dot product h . w[:, target]; per tile one matmul,
+then an online logsumexp (running max and sum) and the entropy's running sum of p z. Only
+logsumexp and entropy [B, T] are kept as residuals. Backward: each tile's logits are
+recomputed once, then with p = softmax(z), onehot = [v = target],
+
+    dL/dz = g_logp (onehot - p) - g_ent p (log p + H)       (one fused elementwise pass)
     dh   += (dL/dz / temperature) @ w_tile^T,   dw_tile += h^T @ (dL/dz / temperature)
 
-Peak memory is one tile (default ~16 MiB of float32 logits) instead of [B, T, V]; the price
-is one extra matmul (the recomputation), 8 instead of 6 x B T D V flops for forward +
-backward. bf16 h / w run the matmuls in bf16 with float32 accumulation; dw accumulates in
-float32 and is cast to w's dtype at the end.
+Peak memory is one tile (default ~16 MiB of float32 logits) plus dw [D, V] in float32,
+instead of several [B, T, V] buffers; the price is one extra matmul (the recomputation),
+8 instead of 6 x B T D V flops for forward + backward. bf16 h / w run the matmuls in bf16
+with float32 accumulation; dw accumulates in float32 and is cast to w's dtype at the end.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 # Chunk heuristics. A token chunk spans about MIN_ROWS rows or more (B x chunk) so that the
-# float32 dw accumulator [D, V], read and written once per token chunk, costs little next to
-# the chunk's matmuls; the vocabulary is then split so that one tile of logits holds about
-# TILE_ELEMENTS values (16 MiB float32), small enough for the CPU's caches and any HBM.
+# float32 dw accumulator, whose tiles are read and written once per token chunk, costs little
+# next to the chunk's matmuls; the vocabulary is then split so that one tile of logits holds
+# about TILE_ELEMENTS values (16 MiB float32), small enough for the CPU's caches and any HBM.
 MIN_ROWS = 1024
 TILE_ELEMENTS = 1 << 22
 VOCAB_ALIGN = 128
-# Logit of the padding columns when V is padded to a multiple of the vocab chunk: exp() of
-# it is exactly 0, and it stays finite so that 0 x logit is 0, not NaN.
-_PAD_LOGIT = -1e30
 
 
 def default_chunk_sizes(batch: int, length: int, vocab: int) -> tuple[int, int]:
@@ -51,10 +50,8 @@ def default_chunk_sizes(batch: int, length: int, vocab: int) -> tuple[int, int]:
     vc = vocab
     if batch * c * vocab > TILE_ELEMENTS:
         vc = max(VOCAB_ALIGN, TILE_ELEMENTS // (batch * c))
-        nv = -(-vocab // vc)
-        vc = -(-vocab // nv)
-        vc = min(vocab, -(-vc // VOCAB_ALIGN) * VOCAB_ALIGN)
-    return c, vc
+        vc = -(-vc // VOCAB_ALIGN) * VOCAB_ALIGN
+    return c, min(vc, vocab)
 
 
 def _zeros(shape, *like) -> jax.Array:
@@ -63,43 +60,52 @@ def _zeros(shape, *like) -> jax.Array:
     return jnp.broadcast_to(zero, shape)
 
 
-def _tile_logits(h_c, w_j, j, vocab, temperature):
-    """Logits [B, c, vc] of one tile; padding columns (index >= vocab) get _PAD_LOGIT."""
-    z = jnp.einsum("bcd,dv->bcv", h_c, w_j, preferred_element_type=jnp.float32)
-    if temperature != 1.0:
-        z = z / temperature
-    vc = w_j.shape[-1]
-    if vocab % vc:
-        col = j * vc + jax.lax.broadcasted_iota(jnp.int32, z.shape, 2)
-        z = jnp.where(col < vocab, z, _PAD_LOGIT)
-    return z
+def _over_vocab(fn: Callable, carry, w: jax.Array, vc: int):
+    """Folds `carry = fn(carry, w_tile, offset)` over the vocab chunks of w [D, V].
+
+    The full chunks run in a scan; the remainder (V mod vc columns) is one more call with
+    its own, narrower shape.
+    """
+    n_full, rem = divmod(w.shape[1], vc)
+    if n_full == 1 and not rem:
+        return fn(carry, w, 0)
+    if n_full:
+        def body(c, j):
+            off = j * vc
+            return fn(c, jax.lax.dynamic_slice_in_dim(w, off, vc, axis=1), off), None
+        carry, _ = jax.lax.scan(body, carry, jnp.arange(n_full))
+    if rem:
+        carry = fn(carry, w[:, n_full * vc:], n_full * vc)
+    return carry
 
 
-def _forward_chunk(h_c, t_c, w_chunks, vocab, temperature, with_entropy):
-    """Online logsumexp over vocab chunks: (logp, lse, entropy or None), each [B, c]."""
-    vc = w_chunks.shape[-1]
+def _tile_logits(h_c, w_tile, temperature):
+    z = jnp.einsum("bcd,dv->bcv", h_c, w_tile, preferred_element_type=jnp.float32)
+    return z if temperature == 1.0 else z / temperature
 
-    def tile(carry, j):
-        m, s, sz, picked = carry
-        z = _tile_logits(h_c, w_chunks[j], j, vocab, temperature)
+
+def _forward_chunk(h_c, t_c, w, vc, temperature, with_entropy):
+    """(logp, lse, entropy or None), each [B, c], by an online logsumexp over vocab chunks."""
+    def tile(carry, w_tile, _):
+        m, s, sz = carry
+        z = _tile_logits(h_c, w_tile, temperature)
         m_new = jnp.maximum(m, jnp.max(z, axis=-1))
         scale = jnp.exp(m - m_new)
         e = jnp.exp(z - m_new[..., None])
         s = s * scale + jnp.sum(e, axis=-1)
         if with_entropy:
             sz = sz * scale + jnp.sum(e * z, axis=-1)
-        hit = jax.lax.broadcasted_iota(jnp.int32, z.shape, 2) == (t_c - j * vc)[..., None]
-        picked = picked + jnp.sum(jnp.where(hit, z, 0.0), axis=-1)
-        return (m_new, s, sz, picked), None
+        return m_new, s, sz
 
-    zeros = _zeros(t_c.shape, h_c, t_c, w_chunks)
-    init = (zeros - jnp.inf, zeros, zeros, zeros)
-    nv = w_chunks.shape[0]
-    if nv == 1:
-        (m, s, sz, picked), _ = tile(init, 0)
-    else:
-        (m, s, sz, picked), _ = jax.lax.scan(tile, init, jnp.arange(nv))
+    zeros = _zeros(t_c.shape, h_c, t_c, w)
+    m, s, sz = _over_vocab(tile, (zeros - jnp.inf, zeros, zeros), w, vc)
     lse = m + jnp.log(s)
+    # the target logit as a dot with the gathered column: no pass over the tiles
+    # (in float32 after the gather: a bf16 batched dot would make XLA:CPU convert all of w)
+    picked = jnp.einsum("bcd,dbc->bc", h_c.astype(jnp.float32),
+                        jnp.take(w, t_c, axis=1).astype(jnp.float32))
+    if temperature != 1.0:
+        picked = picked / temperature
     ent = lse - sz / s if with_entropy else None
     return picked - lse, lse, ent
 
@@ -116,17 +122,17 @@ def _from_chunks(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _chunked(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
-    out, _ = _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk, with_entropy)
+def _chunked(h, w, targets, temperature, chunk, vc, with_entropy):
+    out, _ = _chunked_fwd_impl(h, w, targets, temperature, chunk, vc, with_entropy)
     return out
 
 
-def _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
+def _chunked_fwd_impl(h, w, targets, temperature, chunk, vc, with_entropy):
     n = h.shape[1] // chunk
 
     def body(_, xs):
         h_c, t_c = xs
-        return None, _forward_chunk(h_c, t_c, w_chunks, vocab, temperature, with_entropy)
+        return None, _forward_chunk(h_c, t_c, w, vc, temperature, with_entropy)
 
     _, (logp, lse, ent) = jax.lax.scan(body, None, (_to_chunks(h, n, chunk),
                                                     _to_chunks(targets, n, chunk)))
@@ -135,45 +141,38 @@ def _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk, with_entr
     return (logp, ent), (lse, ent)
 
 
-def _chunked_fwd(h, w_chunks, targets, vocab, temperature, chunk, with_entropy):
-    h, w_chunks, targets = h.value, w_chunks.value, targets.value
-    out, (lse, ent) = _chunked_fwd_impl(h, w_chunks, targets, vocab, temperature, chunk,
-                                        with_entropy)
-    return out, (h, w_chunks, targets, lse, ent)
+def _chunked_fwd(h, w, targets, temperature, chunk, vc, with_entropy):
+    h, w, targets = h.value, w.value, targets.value
+    out, (lse, ent) = _chunked_fwd_impl(h, w, targets, temperature, chunk, vc, with_entropy)
+    return out, (h, w, targets, lse, ent)
 
 
-def _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks, vocab, temperature):
-    """Adds this token chunk's h^T dz to dw [nv, D, vc]; returns (dw, dh_c [B, c, D] f32)."""
-    vc = w_chunks.shape[-1]
-
-    def tile(carry, j):
+def _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature):
+    """Adds this token chunk's h^T dz to dw [D, V]; returns (dw, dh_c [B, c, D] float32)."""
+    def tile(carry, w_tile, off):
         dw, dh_c = carry
-        z = _tile_logits(h_c, w_chunks[j], j, vocab, temperature)
+        z = _tile_logits(h_c, w_tile, temperature)
         logp_all = z - lse_c[..., None]
-        p = jnp.exp(logp_all)
         coef = -gl_c[..., None]
         if ent_c is not None:
             coef = coef - ge_c[..., None] * (logp_all + ent_c[..., None])
-        hit = jax.lax.broadcasted_iota(jnp.int32, z.shape, 2) == (t_c - j * vc)[..., None]
-        gz = p * coef + jnp.where(hit, gl_c[..., None], 0.0)
+        hit = jax.lax.broadcasted_iota(jnp.int32, z.shape, 2) == (t_c - off)[..., None]
+        gz = jnp.exp(logp_all) * coef + jnp.where(hit, gl_c[..., None], 0.0)
         if temperature != 1.0:
             gz = gz / temperature
         gz = gz.astype(h_c.dtype)
-        dh_c = dh_c + jnp.einsum("bcv,dv->bcd", gz, w_chunks[j],
-                                 preferred_element_type=jnp.float32)
-        dw_j = jnp.einsum("bcd,bcv->dv", h_c, gz, preferred_element_type=jnp.float32)
-        return (dw.at[j].add(dw_j), dh_c), None
+        dh_c = dh_c + jnp.einsum("bcv,dv->bcd", gz, w_tile, preferred_element_type=jnp.float32)
+        dw_tile = jnp.einsum("bcd,bcv->dv", h_c, gz, preferred_element_type=jnp.float32)
+        width = w_tile.shape[1]
+        dw_tile = (jax.lax.dynamic_slice_in_dim(dw, off, width, axis=1) + dw_tile).astype(dw.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(dw, dw_tile, off, axis=1), dh_c
 
-    init = (dw, _zeros(h_c.shape, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks))
-    if w_chunks.shape[0] == 1:
-        (dw, dh_c), _ = tile(init, 0)
-    else:
-        (dw, dh_c), _ = jax.lax.scan(tile, init, jnp.arange(w_chunks.shape[0]))
-    return dw, dh_c
+    dh_c = _zeros(h_c.shape, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w)
+    return _over_vocab(tile, (dw, dh_c), w, vc)
 
 
-def _chunked_bwd(vocab, temperature, chunk, with_entropy, res, g):
-    h, w_chunks, targets, lse, ent = res
+def _chunked_bwd(temperature, chunk, vc, with_entropy, res, g):
+    h, w, targets, lse, ent = res
     g_logp, g_ent = g
     use_ent = with_entropy and not isinstance(g_ent, SymbolicZero)
     if isinstance(g_logp, SymbolicZero):
@@ -185,16 +184,17 @@ def _chunked_bwd(vocab, temperature, chunk, with_entropy, res, g):
 
     def body(dw, xs):
         h_c, t_c, lse_c, gl_c, ent_c, ge_c = xs
-        dw, dh_c = _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w_chunks, vocab,
-                                   temperature)
+        dw, dh_c = _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature)
         return dw, dh_c.astype(h.dtype)
 
     xs = (split(h), split(targets), split(lse), split(g_logp.astype(jnp.float32)),
           split(ent) if use_ent else None,
           split(g_ent.astype(jnp.float32)) if use_ent else None)
-    dw0 = _zeros(w_chunks.shape, w_chunks, *xs)
+    # dw sums over token chunks in float32; with one token chunk each tile is written once,
+    # so it may be rounded to w's dtype right away (saving a float32 [D, V] buffer).
+    dw0 = _zeros(w.shape, w, *xs).astype(jnp.float32 if n > 1 else w.dtype)
     dw, dh = jax.lax.scan(body, dw0, xs)
-    return _from_chunks(dh), dw.astype(w_chunks.dtype), None
+    return _from_chunks(dh), dw.astype(w.dtype), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
@@ -220,8 +220,8 @@ def token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
       temperature: the sampling temperature (> 0) the log-probs refer to; use the
         sampler's so that logp and old_logp describe the same distribution.
       chunk_size: positions of T per token chunk (T is zero-padded to a multiple of it).
-      vocab_chunk_size: vocabulary entries per vocab chunk (V is padded to a multiple of it
-        with columns that get probability 0). Defaults: `default_chunk_sizes(B, T, V)`.
+      vocab_chunk_size: vocabulary entries per vocab chunk (the last chunk takes the
+        remainder). Defaults: `default_chunk_sizes(B, T, V)`.
       return_entropy: also compute the entropy (else None is returned for it).
 
     Returns:
@@ -241,23 +241,18 @@ def token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
         if size is not None and size < 1:
             raise ValueError(f"{name}={size} must be >= 1")
     b, t, _ = h.shape
-    vocab = w.shape[1]
-    auto_c, auto_vc = default_chunk_sizes(b, t, vocab)
+    auto_c, auto_vc = default_chunk_sizes(b, t, w.shape[1])
     chunk = min(chunk_size or auto_c, t)
-    vc = min(vocab_chunk_size or auto_vc, vocab)
+    vc = min(vocab_chunk_size or auto_vc, w.shape[1])
     if pad := -t % chunk:
         h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    nv = -(-vocab // vc)
     # Inside shard_map with h split over batch axes and w replicated, this makes w vary like
     # h, so that w's gradient (a per-device partial sum) is psum-ed by JAX's transpose of the
-    # implicit broadcast. Outside shard_map it adds 0 inside the copy below.
+    # implicit broadcast. Outside shard_map XLA drops the + 0.
     w = w + jnp.zeros_like(h[0, 0, 0])
-    w_chunks = jnp.pad(w, ((0, 0), (0, nv * vc - vocab)))
-    # [D, nv * vc] -> [nv, D, vc]: one copy of w, so that each tile reads a contiguous block.
-    w_chunks = jnp.moveaxis(w_chunks.reshape(w.shape[0], nv, vc), 1, 0)
-    logp, ent = _chunked(h, w_chunks, targets.astype(jnp.int32), vocab, float(temperature),
-                         chunk, bool(return_entropy))
+    logp, ent = _chunked(h, w, targets.astype(jnp.int32), float(temperature), chunk, vc,
+                         bool(return_entropy))
     if pad:
         logp = logp[:, :t]
         ent = ent[:, :t] if ent is not None else None

@@ -35,7 +35,8 @@ def _objective(fn, targets, g_logp, g_ent):
     return f
 
 
-# (chunk_size, vocab_chunk_size): default, T padded, V padded, both, one position per chunk
+# (chunk_size, vocab_chunk_size): default, T padded, V remainder chunk, both, one position
+# per chunk and two vocab chunks
 CHUNKS = [(None, None), (3, 50), (10, 16), (4, 7), (1, 25)]
 
 
@@ -121,7 +122,7 @@ def test_bad_inputs_raise():
 def test_default_chunk_sizes():
     # small vocab: one vocab chunk, >= 1024 rows per token chunk
     assert logprobs.default_chunk_sizes(32, 256, 4096) == (32, 4096)
-    # Qwen's vocab: all 512 rows, vocab split into 19 chunks of 7,997 -> 8,064 (x 128)
-    assert logprobs.default_chunk_sizes(4, 128, 151936) == (128, 8064)
+    # Qwen's vocab: all 512 rows, tiles of 8,192 = 2^22 / 512 vocab entries
+    assert logprobs.default_chunk_sizes(4, 128, 151936) == (128, 8192)
     # chunks balanced over T: 300 positions, >= 32 per chunk -> 10 chunks of 30
     assert logprobs.default_chunk_sizes(32, 300, 151936)[0] == 30
