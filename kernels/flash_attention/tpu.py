@@ -124,6 +124,16 @@ def _mask(seg_rows, seg_cols, row0, col0, shape, causal, rows_are_queries):
     return mask
 
 
+def _column(ref, i):
+    """Row i of a [G, bq] ref as a [bq, 1] column.
+
+    Through an aligned [8, bq] transpose: older TPUs (v4) cannot move lanes to sublanes
+    directly ("sublane gather").
+    """
+    row = ref[i:i + 1, :]
+    return jnp.broadcast_to(row, (SUBLANES, row.shape[1])).T[:, :1]
+
+
 def _when(condition, fn):
     if condition is True:
         fn()
@@ -185,7 +195,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, segc_ref, segr_ref, o_ref, lse_ref, m_sc, l
     def _finish():
         l = l_sc[...]
         o_ref[...] = (acc_sc[...] / l[..., :1]).astype(o_ref.dtype)
-        lse_ref[...] = (m_sc[...] + jnp.log(l))[..., 0]
+        lse = m_sc[...] + jnp.log(l)  # [G, bq, 128], lanes hold copies
+        for i in range(g):
+            lse_ref[i:i + 1, :] = lse[i].T[:1, :]
 
 
 def _forward(q, k, v, seg, causal, sm_scale, blocks, interpret):
@@ -326,9 +338,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, segc_ref, segr_ref,
             q, do = q_ref[i], do_ref[i]
             s = lax.dot_general(q, k, NT, preferred_element_type=F32) * sm_scale  # [bq, bk]
             s = jnp.where(mask, s, MASK_VALUE)
-            p = jnp.exp(s - lse_ref[i][:, None])
+            p = jnp.exp(s - _column(lse_ref, i))
             dp = lax.dot_general(do, v, NT, preferred_element_type=F32)
-            ds = p * (dp - di_ref[i][:, None]) * sm_scale
+            ds = p * (dp - _column(di_ref, i)) * sm_scale
             dq_sc[i] = dq_sc[i] + lax.dot(ds.astype(k.dtype), k, preferred_element_type=F32)
 
     _when(_visible(qi, bq, ki, bk) if causal else True, step)

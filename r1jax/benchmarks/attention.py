@@ -19,6 +19,7 @@ installed, what the TPU kernels compile to for a v5p (memory, FLOPs), ahead of t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from typing import Callable, Optional
@@ -205,9 +206,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     else:
         print("no accelerator: interpret-mode correctness only (no timings)")
         rows = interpret_check()
-        try:
-            import libtpu  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("libtpu") is None:
             print("libtpu not installed: skipping the TPU ahead-of-time compile")
         else:
             rows += tpu_aot(seqs)

@@ -1,6 +1,6 @@
-"""The TPU kernels compile, ahead of time, for a real TPU (v5p, 2x2x1) through libtpu on this
-CPU host: Mosaic lowers and compiles every kernel, alone and inside shard_map under a mesh.
-Skipped only when libtpu is not installed."""
+"""The TPU kernels compile, ahead of time, for real TPUs (v5p 2x2x1; also v4, v5e, v6e)
+through libtpu on this CPU host: Mosaic lowers and compiles every kernel, alone and inside
+shard_map under a mesh. Skipped only when libtpu is not installed."""
 
 from __future__ import annotations
 
@@ -27,14 +27,23 @@ H, K, D = 28, 4, 128
 BF16 = jnp.bfloat16
 
 
-@pytest.fixture(scope="module")
-def devices():
+@pytest.fixture(scope="module", autouse=True)
+def no_persistent_cache():
     # TPU executables compiled without a TPU client cannot be read back from the persistent
     # compile cache: keep them out of it.
     was = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
-    yield topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu").devices
+    yield
     jax.config.update("jax_enable_compilation_cache", was)
+
+
+def _topology(name: str):
+    return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+
+
+@pytest.fixture(scope="module")
+def devices():
+    return _topology("v5p:2x2x1")
 
 
 def _spec(shape, dtype, mesh, spec=P()):
@@ -68,6 +77,25 @@ def test_flash_attention_forward_and_backward_compile(devices):
     # The kernels' cost estimates reach XLA: causal forward = 2 matmuls over S^2 / 2 pairs.
     fwd_flops = 4 * b * H * D * s * s // 2
     assert fwd.cost_analysis()["flops"] >= fwd_flops
+
+
+@pytest.mark.parametrize("topology", ["v4:2x2x1", "v5e:2x2", "v6e:2x2"])
+def test_kernels_compile_for_other_tpu_generations(topology):
+    # v4 has no lane-to-sublane gather: the kernels must avoid it.
+    mesh = jax.sharding.Mesh(np.array(_topology(topology)[:1]), ("x",))
+    b, s = 1, 1024
+    q, k = _spec((b, s, H, D), BF16, mesh), _spec((b, s, K, D), BF16, mesh)
+
+    def loss(q, k, v):
+        return jnp.sum(flash_tpu.flash_attention(q, k, v).astype(jnp.float32))
+
+    bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k).compile()
+    assert _kernels(bwd) == ["flash_attention_bwd_dkv", "flash_attention_bwd_dq",
+                             "flash_attention_fwd"]
+    cache = _spec((8, K, s, D), BF16, mesh)
+    decode = jax.jit(decode_tpu.decode_attention).lower(
+        _spec((8, H, D), BF16, mesh), cache, cache, _spec((8,), jnp.int32, mesh)).compile()
+    assert _kernels(decode) == ["decode_attention"]
 
 
 def test_decode_attention_compiles_without_copying_the_cache(devices):
