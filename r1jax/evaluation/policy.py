@@ -1,0 +1,227 @@
+"""Loading a policy to evaluate: a Hugging Face directory or an r1jax run checkpoint.
+
+A checkpoint `RUN_DIR/checkpoints/STEP/` (r1jax/checkpoint.py) holds the train state
+`{"params", "opt_state", "step"}` and the run config (item "meta"). The model is rebuilt from
+that config through r1jax.builder without allocating (`nnx.eval_shape`), and only the
+parameters are read back (an orbax partial restore: the optimizer state, twice the size of
+the parameters, never leaves the disk), straight into the evaluation mesh's shardings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+
+from r1jax import builder
+from r1jax.config import ModelConfig, RunConfig, from_dict
+from r1jax.models import Decoder, load_hf, load_tokenizer, model_config_from_hf
+from r1jax.models.decoder import abstract_params, param_shardings
+from r1jax.models.hf_io import read_hf_config
+from r1jax.sharding import Sharding, merge_rules
+
+# End-of-turn / end-of-text tokens of the supported families: a chat-templated prompt
+# makes an instruct model end its answer with the end-of-turn token, not the tokenizer's EOS.
+_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be evaluated: tokenizer and model disagree, saved parameters do
+    not fit the run's model, no way to stop a completion."""
+
+
+@dataclasses.dataclass
+class Policy:
+    """A model to evaluate with its tokenizer.
+
+    Attributes:
+      model: the Decoder (params placed on the evaluation mesh).
+      tokenizer: its transformers tokenizer.
+      source: where it came from (the HF directory, or the checkpoint step directory).
+      stop_token_ids: tokens that end a completion.
+      step: the training step of a checkpoint (None for HF directories).
+      run_config: the training run's config (checkpoints only).
+    """
+
+    model: Decoder
+    tokenizer: Any
+    source: str
+    stop_token_ids: list
+    step: Optional[int] = None
+    run_config: Optional[RunConfig] = None
+
+
+def stop_token_ids(tokenizer: Any, model_dir: Optional[str] = None) -> list[int]:
+    """The tokenizer's EOS, the family's end-of-turn tokens it has, and the model
+    directory's generation_config.json `eos_token_id` (an int or a list)."""
+    ids = set() if tokenizer.eos_token_id is None else {int(tokenizer.eos_token_id)}
+    added = tokenizer.get_added_vocab()
+    ids.update(added[t] for t in _STOP_TOKENS if t in added)
+    path = os.path.join(model_dir, "generation_config.json") if model_dir else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids.update(int(t) for t in (eos if isinstance(eos, list) else [eos]) if t is not None)
+    if not ids:
+        raise PolicyError("the tokenizer has no EOS token and no end-of-turn token: "
+                         "completions could never stop")
+    return sorted(ids)
+
+
+def _check_vocab(tokenizer: Any, cfg: ModelConfig, what: str) -> None:
+    if len(tokenizer) > cfg.vocab_size:
+        raise PolicyError(f"the tokenizer has {len(tokenizer)} tokens, more than the vocab_size "
+                         f"{cfg.vocab_size} of {what}: pass the model's own tokenizer")
+
+
+def load_hf_policy(model_dir: str, *, tokenizer_dir: Optional[str] = None,
+                   sharding: Optional[Sharding] = None, dtype: str = "float32",
+                   compute_dtype: Optional[str] = None) -> Policy:
+    """A policy from a local Hugging Face directory (tokenizer from it or `tokenizer_dir`).
+
+    Raises:
+      FileNotFoundError: the directory, its config.json or the tokenizer files are missing.
+    """
+    tokenizer = load_tokenizer(tokenizer_dir or model_dir)
+    model = load_hf(model_dir, dtype=dtype, compute_dtype=compute_dtype, mesh=sharding)
+    _check_vocab(tokenizer, model.config, model_dir)
+    return Policy(model, tokenizer, os.path.abspath(model_dir),
+                  stop_token_ids(tokenizer, model_dir))
+
+
+# ----------------------------------------------------------------------------------------
+# r1jax checkpoints.
+
+
+def _steps(checkpoints_dir: str) -> list[int]:
+    """Complete checkpoint steps (orbax's temporary directories have non-numeric names)."""
+    return sorted(int(name) for name in os.listdir(checkpoints_dir) if name.isdigit()
+                  and os.path.isdir(os.path.join(checkpoints_dir, name, "state")))
+
+
+def resolve_checkpoint(path: str) -> tuple[str, str, int]:
+    """(run_dir, step_dir, step) of a run directory (latest step), its `checkpoints/`
+    folder (latest step) or one `checkpoints/STEP` directory.
+
+    Raises:
+      FileNotFoundError: the path does not exist, or holds no checkpoint.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint path does not exist: {path}")
+    if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+        return os.path.dirname(os.path.dirname(path)), path, int(os.path.basename(path))
+    root = os.path.join(path, "checkpoints")
+    if not os.path.isdir(root):
+        root = path
+    steps = _steps(root)
+    if not steps:
+        raise FileNotFoundError(f"no r1jax checkpoint in {path} (expected RUN_DIR, "
+                                "RUN_DIR/checkpoints or RUN_DIR/checkpoints/STEP holding "
+                                "state/ and meta/)")
+    return os.path.dirname(root), os.path.join(root, str(steps[-1])), steps[-1]
+
+
+def read_run_config(step_dir: str) -> RunConfig:
+    """The run config saved in a checkpoint's "meta" item.
+
+    Raises:
+      FileNotFoundError: the checkpoint has no meta item or it holds no config.
+    """
+    import orbax.checkpoint as ocp
+
+    meta_dir = os.path.join(step_dir, "meta")
+    if not os.path.isdir(meta_dir):
+        raise FileNotFoundError(f"checkpoint {step_dir} has no meta/ item (the run config)")
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir)
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise FileNotFoundError(f"checkpoint {step_dir}: meta holds no run config")
+    return from_dict(RunConfig, meta["config"])
+
+
+def _existing(path: str, run_dir: str) -> str:
+    """A path from the run config: as saved, or relative to the run directory's parent."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    beside = os.path.join(os.path.dirname(run_dir), path)
+    return beside if os.path.exists(beside) else path
+
+
+def _run_tokenizer(cfg: RunConfig, run_dir: str, tokenizer_dir: Optional[str]) -> Any:
+    if tokenizer_dir is not None:
+        return load_tokenizer(tokenizer_dir)
+    saved = os.path.join(run_dir, "tokenizer")  # the trainer saves character tokenizers here
+    if cfg.model.char_vocab and os.path.isdir(saved):
+        return load_tokenizer(saved)
+    if cfg.model.char_vocab:
+        return builder.build_tokenizer(cfg.model)
+    where = cfg.model.tokenizer or cfg.model.path
+    try:
+        return load_tokenizer(_existing(where, run_dir))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; the run's tokenizer moved? pass --tokenizer") from None
+
+
+def _run_model_config(spec: Any, run_dir: str, sharding: Sharding, tokenizer: Any) -> ModelConfig:
+    numerics = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, remat="none",
+                    attention_impl=spec.attention_impl, scan_layers=spec.scan_layers)
+    if spec.path is not None:  # only config.json is read, never the original weights
+        return model_config_from_hf(read_hf_config(_existing(spec.path, run_dir)), **numerics)
+    from flax import nnx
+    # preset / arch models: the builder's own config logic, traced without allocating.
+    spec = dataclasses.replace(spec, remat="none")
+    return nnx.eval_shape(lambda: builder.build_policy(spec, sharding, tokenizer)).config
+
+
+def load_checkpoint_policy(path: str, *, tokenizer_dir: Optional[str] = None,
+                           sharding: Sharding, dtype: Optional[str] = None,
+                           compute_dtype: Optional[str] = None) -> Policy:
+    """A policy from an r1jax checkpoint: the run's model with the saved parameters.
+
+    Args:
+      path: RUN_DIR, RUN_DIR/checkpoints or RUN_DIR/checkpoints/STEP.
+      tokenizer_dir: overrides the run's tokenizer (needed when it moved).
+      sharding: the evaluation mesh (its rules are replaced by the run's overrides).
+      dtype, compute_dtype: parameter / compute dtypes (default: the run's).
+
+    Raises:
+      FileNotFoundError: no checkpoint, run config, model config.json or tokenizer.
+      ConfigError: the saved run config no longer validates.
+    """
+    run_dir, step_dir, step = resolve_checkpoint(path)
+    cfg = read_run_config(step_dir)
+    tokenizer = _run_tokenizer(cfg, run_dir, tokenizer_dir)
+    spec = dataclasses.replace(cfg.model, param_dtype=dtype or cfg.model.param_dtype,
+                               dtype=compute_dtype or dtype or cfg.model.dtype)
+    sharding = Sharding(sharding.mesh, merge_rules(cfg.mesh.rules))
+    model_cfg = _run_model_config(spec, run_dir, sharding, tokenizer)
+    _check_vocab(tokenizer, model_cfg, f"the model of {step_dir}")
+    params = restore_params(os.path.join(step_dir, "state"), model_cfg, sharding)
+    model = Decoder(model_cfg, params=params, sharding=sharding)
+    return Policy(model, tokenizer, step_dir, stop_token_ids(tokenizer), step, cfg)
+
+
+def restore_params(state_dir: str, cfg: ModelConfig, sharding: Sharding) -> Any:
+    """The "params" of a saved train state, cast to `cfg.param_dtype`, in `sharding`.
+
+    Raises:
+      PolicyError: the saved parameters do not match the model (names or shapes).
+    """
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, jax.numpy.dtype(cfg.param_dtype),
+                                          sharding=s),
+        abstract_params(cfg), param_shardings(cfg, sharding))
+    item = {"params": target}
+    try:
+        out = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    except (ValueError, KeyError) as e:
+        raise PolicyError(f"{state_dir}: the saved parameters do not match the run's model "
+                         f"config: {e}") from e
+    return out["params"]
