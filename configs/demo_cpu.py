@@ -27,18 +27,17 @@ def get_config(arg: str = "") -> ConfigDict:
     c.rewards.functions = [dict(name="accuracy", weight=1.0, kwargs=dict(mode="answer_tag")),
                            dict(name="format", weight=0.1, kwargs={})]
     c.rollout.update(group_size=8, max_new_tokens=40, temperature=1.0)
-    c.algo.update(adv="group", eps_low=0.2, eps_high=0.28, agg="token-mean",
-                  dynamic_sampling=True, max_num_gen_batches=4, min_train_prompts=4,
+    c.algo.update(adv="group", eps_low=0.2, eps_high=0.28, agg="token-mean", minibatches=2,
+                  dynamic_sampling=True, max_num_gen_batches=8, min_train_prompts=4,
                   overlong_buffer_len=8, overlong_penalty_factor=0.5)
     c.optim.update(lr=3e-4, warmup_steps=5, weight_decay=0.0, grad_clip=1.0)
-    c.sft.update(steps=150, batch_size=32, lr=2e-3, warmup_steps=10)
-    c.eval.update(source="arithmetic", limit=256, temperature=0.0)
-    c.train.update(steps=120, prompts_per_step=16, gen_prompts_per_batch=16,
-                   run_dir="runs/demo_cpu", checkpoint_every=40, keep_checkpoints=2)
+    c.sft.update(steps=200, batch_size=32, lr=2e-3, warmup_steps=10)
+    c.eval.update(source="arithmetic", limit=256, temperature=0.0, every=50)
+    c.train.update(steps=200, prompts_per_step=16, gen_prompts_per_batch=16,
+                   run_dir="runs/demo_cpu", checkpoint_every=50, keep_checkpoints=2)
     if arg == "test":
-        c.sft.steps = 60
-        c.train.steps = 30
-        c.eval.limit = 128
+        c.train.steps = 60
+        c.eval.every = 0
     elif arg:
         raise ValueError(f"unknown demo_cpu variant {arg!r}; use '' or 'test'")
     return c

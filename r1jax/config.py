@@ -11,6 +11,8 @@ Only this module knows the schema; everything else reads typed fields directly.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import types
 import typing
 from typing import Any, Literal, Optional, Sequence, Union, get_args, get_origin
@@ -551,15 +553,48 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
     """
     from absl import flags
     from ml_collections import config_flags
+    path = spec.split(":", 1)[0]
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    for override in overrides:
+        check_key(override.split("=", 1)[0])
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "run config", flag_values=fv,
                                     lock_config=True)
     argv = ["r1jax", f"--config={spec}"] + [f"--config.{o}" for o in overrides]
+    # config_flags reads the override list from sys.argv, not from the argv it is given.
+    saved, sys.argv = sys.argv, argv
     try:
         fv(argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
         raise ConfigError(f"config {spec}: {e}") from None
+    finally:
+        sys.argv = saved
     return run_config_from(fv.config)
+
+
+def check_key(dotted: str) -> None:
+    """Raises ConfigError unless `dotted` (e.g. "optim.lr") names a RunConfig field.
+
+    Keys below a dict-valued field (model.arch, data.task_options, mesh.rules) are free.
+    """
+    cls: Any = RunConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            where = ".".join(parts[:i]) or "config"
+            raise ConfigError(f"unknown config key '{dotted}' ('{where}' has no '{part}'; "
+                              f"known: {', '.join(sorted(fields))})")
+        tp = _is_optional(typing.get_type_hints(cls)[part])[1]
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+        elif i < len(parts) - 1 and not (tp is dict or get_origin(tp) is dict):
+            raise ConfigError(f"unknown config key '{dotted}' ('{'.'.join(parts[:i + 1])}' "
+                              "is not a section)")
+        else:
+            return
+    return
 
 
 def run_config_from(config_dict: Any) -> RunConfig:
