@@ -45,8 +45,11 @@ class MetricsWriter:
             self._bar = tqdm(total=total_steps, initial=start_step, desc="r1jax",
                              dynamic_ncols=True)
 
-    def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
-        """Logs `metrics` for `step`; returns the scalars written."""
+    def write(self, step: int, metrics: Mapping[str, Any], advance: bool = True) -> dict:
+        """Logs `metrics` for `step`; returns the scalars written.
+
+        `advance=False` adds to a step without moving the progress bar (evaluations).
+        """
         scalars = {k: s for k, v in metrics.items() if (s := _scalar(v)) is not None}
         row = {"step": step, **{k: (v if math.isfinite(v) else str(v))
                                 for k, v in scalars.items()}}
@@ -56,7 +59,7 @@ class MetricsWriter:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
-        if self._bar is not None:
+        if self._bar is not None and advance:
             shown = {k.split("/")[0] if k.endswith("/mean") else k.split("/")[-1]:
                      f"{scalars[k]:.3g}" for k in CONSOLE_KEYS if k in scalars}
             self._bar.set_postfix(shown, refresh=False)
@@ -79,7 +82,8 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """The rows of `run_dir/metrics.jsonl` (last row per step wins, as after a resume)."""
+    """The rows of `run_dir/metrics.jsonl`, one per step; rows of the same step are merged,
+    later values winning (a resumed run rewrites the steps after its checkpoint)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
@@ -88,5 +92,5 @@ def read_metrics(run_dir: str) -> list[dict]:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                rows[row["step"]] = row
+                rows.setdefault(row["step"], {}).update(row)
     return [rows[k] for k in sorted(rows)]

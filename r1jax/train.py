@@ -186,18 +186,20 @@ class Trainer:
         metrics.update(update_metrics)
         metrics["time/update_s"] = time.perf_counter() - update_start
         metrics["time/step_s"] = time.perf_counter() - start
-        if update_metrics["skipped_updates"] == self.cfg.algo.num_iterations * \
-                self.cfg.algo.minibatches:
+        return metrics
+
+    def _check_skips(self, metrics: dict) -> None:
+        """Stops (after a checkpoint) when too many steps in a row skipped every update."""
+        algo = self.cfg.algo
+        if metrics["skipped_updates"] == algo.num_iterations * algo.minibatches:
             self._consecutive_skips += 1
         else:
             self._consecutive_skips = 0
         if self._consecutive_skips >= self.cfg.train.max_consecutive_skips:
-            self.step = step + 1
             self.save(wait=True)
             raise TrainingStopped(f"{self._consecutive_skips} consecutive steps had only "
                                   "non-finite losses or gradients (all updates skipped); "
                                   f"checkpoint saved at step {self.step}")
-        return metrics
 
     # ------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -215,15 +217,16 @@ class Trainer:
                 self.rl.reset_optimizer()
                 self.summary["eval_before"] = self.evaluate("before_rl")
                 self._print_eval("before RL", self.summary["eval_before"], writer)
+                self._log_eval(writer, self.summary["eval_before"])
                 self.save(wait=True)
             while self.step < cfg.train.steps:
                 metrics = self.train_step(self.step)
                 self.step += 1
+                writer.write(self.step, metrics)
+                self._check_skips(metrics)
                 if cfg.eval.every and self.step % cfg.eval.every == 0 \
                         and self.step < cfg.train.steps:
-                    report = self.evaluate(f"step_{self.step}")
-                    metrics.update({f"eval/{k}": v for k, v in (report or {}).items()})
-                writer.write(self.step, metrics)
+                    self._log_eval(writer, self.evaluate(f"step_{self.step}"))
                 if self._stop_requested:
                     writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
                     self.save(wait=True)
@@ -233,6 +236,7 @@ class Trainer:
                     self.save()
             self.summary["eval_after"] = self.evaluate("after_rl")
             self._print_eval("after RL", self.summary["eval_after"], writer)
+            self._log_eval(writer, self.summary["eval_after"])
             self.save(wait=True)
             if cfg.train.export_hf:
                 self.summary["export"] = self.export(os.path.join(self.run_dir, "export"))
@@ -253,6 +257,11 @@ class Trainer:
                         source_dir=self._source[0], source_config=self._source[1])
         tokenizer = self.tokenizer if self.cfg.model.char_vocab else None
         return save_hf(model, out_dir, tokenizer=tokenizer)
+
+    def _log_eval(self, writer: MetricsWriter, report: Optional[dict]) -> None:
+        if report:
+            writer.write(self.step, {f"eval/{k}": v for k, v in report.items()},
+                         advance=False)
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_requested = True

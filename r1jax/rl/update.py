@@ -135,7 +135,7 @@ def accumulate_grads(loss_fn, params: Any, batch: Any, microbatches: int):
 def apply_update(state: State, grads: Any, loss: jax.Array,
                  tx: optax.GradientTransformation) -> tuple[State, dict[str, jax.Array]]:
     """One optimizer step; skipped (state kept, `skipped` = 1) on a non-finite loss/grad."""
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     safe = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
     updates, opt_state = tx.update(safe, state["opt_state"], state["params"])
