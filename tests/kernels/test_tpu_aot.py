@@ -16,6 +16,7 @@ pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[
                     "the TPU kernels cannot be compiled for a TPU topology on this host")
 
 from jax.experimental import topologies  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 from r1jax.kernels.decode_attention import tpu as decode_tpu  # noqa: E402
 from r1jax.kernels.flash_attention import tpu as flash_tpu  # noqa: E402
@@ -31,10 +32,13 @@ BF16 = jnp.bfloat16
 def no_persistent_cache():
     # TPU executables compiled without a TPU client cannot be read back from the persistent
     # compile cache: keep them out of it.
+    # JAX decides once per process whether to use the cache: reset that decision both ways.
     was = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     yield
     jax.config.update("jax_enable_compilation_cache", was)
+    compilation_cache.reset_cache()
 
 
 def _topology(name: str):
