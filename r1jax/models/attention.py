@@ -54,7 +54,9 @@ def interpret(platform: str = "tpu") -> Iterator[None]:
 
     For tests and debugging on a CPU host. It applies to functions traced inside the context;
     a jitted function keeps what it was traced with (TPU interpret mode is part of JAX's jit
-    cache key, the GPU choice is not).
+    cache key, the GPU choice is not). TPU interpret mode refuses a multi-device mesh (the
+    Mosaic interpreter's per-kernel barrier across devices deadlocks on XLA:CPU); the GPU one
+    runs inside shard_map like the compiled kernels.
 
     Args:
       platform: "tpu" (Mosaic kernels, TPU interpret mode) or "gpu" (Triton kernels).
