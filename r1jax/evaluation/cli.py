@@ -105,6 +105,8 @@ def _check_args(a: argparse.Namespace) -> None:
               (a.max_new_tokens >= 1, "--max_new_tokens must be >= 1"),
               (a.batch_size >= 1, "--batch_size must be >= 1"),
               (a.limit is None or a.limit >= 1, "--limit must be >= 1"),
+              (a.reward_workers >= 1, "--reward_workers must be >= 1"),
+              (a.reward_timeout > 0, "--reward_timeout must be > 0"),
               ((a.question_key is None) == (a.answer_key is None),
                "--question_key and --answer_key go together"),
               (a.recipe is None or a.question_key is None,
@@ -206,10 +208,13 @@ def _load_benchmarks(a, tokenizer, template, system) -> dict:
     for name, entry in _benchmark_names(entries):
         source = load_source(entry, recipe=None if entry in BENCHMARKS else recipe,
                              data_dir=a.data_dir, limit=a.limit)
+        if source.task != "math":
+            raise UsageError(f"{entry}: r1jax-eval grades math answers; {source.task} tasks "
+                             "are scored by the trainer's held-out evaluation")
         try:
             problems, stats = prepare_problems(source, tokenizer, template,
-                                                  system_prompt=system,
-                                                  max_prompt_tokens=a.max_prompt_tokens)
+                                               system_prompt=system,
+                                               max_prompt_tokens=a.max_prompt_tokens)
         except DataError as e:
             raise DataError(f"{e} (choose another --template, e.g. plain or r1_zero)"
                             if "chat template" in str(e) else str(e)) from None
@@ -243,12 +248,11 @@ def run(a: argparse.Namespace) -> dict:
     with RewardPool([("accuracy", 1.0, {"mode": mode, "pattern": pattern})],
                     num_workers=a.reward_workers, timeout_s=a.reward_timeout) as pool:
         for name, (source, problems, stats) in benchmarks.items():
-            result = evaluate(sampler, tok, problems, pool, n=a.n,
-                                 temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                                 max_new_tokens=a.max_new_tokens, seed=a.seed,
-                                 batch_size=a.batch_size, extraction_mode=mode,
-                                 answer_pattern=pattern,
-                                 progress=False if a.no_progress else name)
+            result = evaluate(sampler, tok, problems, pool, n=a.n, temperature=a.temperature,
+                              top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
+                              seed=a.seed, batch_size=a.batch_size, extraction_mode=mode,
+                              answer_pattern=pattern,
+                              progress=False if a.no_progress else name)
             result.report = dict(result.report, benchmark=name, source=source.stats.path,
                                  skipped_rows=dict(source.stats.skipped),
                                  dropped_long_prompts=stats.too_long, settings=settings)

@@ -165,15 +165,17 @@ def _run_tokenizer(cfg: RunConfig, run_dir: str, tokenizer_dir: Optional[str]) -
         raise FileNotFoundError(f"{e}; the run's tokenizer moved? pass --tokenizer") from None
 
 
-def _run_model_config(spec: Any, run_dir: str, sharding: Sharding, tokenizer: Any) -> ModelConfig:
-    numerics = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, remat="none",
-                    attention_impl=spec.attention_impl, scan_layers=spec.scan_layers)
+def _run_model_config(spec: Any, run_dir: str, sharding: Sharding) -> ModelConfig:
+    """The run's ModelConfig; `spec.arch` must hold its vocab_size."""
+    spec = dataclasses.replace(spec, remat="none")  # rematerialization only matters for grads
     if spec.path is not None:  # only config.json is read, never the original weights
-        return model_config_from_hf(read_hf_config(_existing(spec.path, run_dir)), **numerics)
+        return model_config_from_hf(
+            read_hf_config(_existing(spec.path, run_dir)), param_dtype=spec.param_dtype,
+            dtype=spec.dtype, remat=spec.remat, attention_impl=spec.attention_impl,
+            scan_layers=spec.scan_layers)
     from flax import nnx
     # preset / arch models: the builder's own config logic, traced without allocating.
-    spec = dataclasses.replace(spec, remat="none")
-    return nnx.eval_shape(lambda: builder.build_policy(spec, sharding, tokenizer)).config
+    return nnx.eval_shape(lambda: builder.build_policy(spec, sharding)).config
 
 
 def load_checkpoint_policy(path: str, *, tokenizer_dir: Optional[str] = None,
@@ -190,18 +192,53 @@ def load_checkpoint_policy(path: str, *, tokenizer_dir: Optional[str] = None,
     Raises:
       FileNotFoundError: no checkpoint, run config, model config.json or tokenizer.
       ConfigError: the saved run config no longer validates.
+      PolicyError: the saved parameters do not fit the rebuilt model, or the tokenizer has
+        more tokens than the model.
     """
     run_dir, step_dir, step = resolve_checkpoint(path)
     cfg = read_run_config(step_dir)
+    state_dir = os.path.join(step_dir, "state")
+    saved = saved_param_shapes(state_dir)
     tokenizer = _run_tokenizer(cfg, run_dir, tokenizer_dir)
     spec = dataclasses.replace(cfg.model, param_dtype=dtype or cfg.model.param_dtype,
                                dtype=compute_dtype or dtype or cfg.model.dtype)
+    if spec.arch is not None and "vocab_size" not in spec.arch:
+        # The trainer sized it from its tokenizer, which --tokenizer may have replaced.
+        spec = dataclasses.replace(spec, arch=dict(spec.arch,
+                                                   vocab_size=saved["['embed']"][0]))
     sharding = Sharding(sharding.mesh, merge_rules(cfg.mesh.rules))
-    model_cfg = _run_model_config(spec, run_dir, sharding, tokenizer)
+    model_cfg = _run_model_config(spec, run_dir, sharding)
+    _check_shapes(saved, model_cfg, state_dir)
     _check_vocab(tokenizer, model_cfg, f"the model of {step_dir}")
-    params = restore_params(os.path.join(step_dir, "state"), model_cfg, sharding)
+    params = restore_params(state_dir, model_cfg, sharding)
     model = Decoder(model_cfg, params=params, sharding=sharding)
     return Policy(model, tokenizer, step_dir, stop_token_ids(tokenizer), step, cfg)
+
+
+def saved_param_shapes(state_dir: str) -> dict:
+    """Parameter path (as `jax.tree_util.keystr` writes it) -> shape, from orbax metadata.
+
+    Raises:
+      PolicyError: the state holds no parameters.
+    """
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+    if not isinstance(tree, dict) or "params" not in tree:
+        raise PolicyError(f"{state_dir}: no 'params' in the saved train state")
+    leaves = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+
+
+def _check_shapes(saved: dict, cfg: ModelConfig, state_dir: str) -> None:
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]
+    wanted = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+    for name in sorted(set(saved) | set(wanted)):
+        if saved.get(name) != wanted.get(name):
+            raise PolicyError(f"{state_dir}: parameter {name} is saved with shape "
+                              f"{saved.get(name)} but the run's model config gives "
+                              f"{wanted.get(name)}")
 
 
 def restore_params(state_dir: str, cfg: ModelConfig, sharding: Sharding) -> Any:

@@ -67,9 +67,17 @@ def direct_greedy(model_config, params, tokenizer):
 
 
 def write_questions(path, golds):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         for q, g in zip(QUESTIONS, golds):
             f.write(json.dumps({"q": q, "a": g}) + "\n")
+
+
+def read_results(out_dir, name):
+    with open(os.path.join(out_dir, f"{name}.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(out_dir, f"{name}.samples.jsonl")) as f:
+        return report, [json.loads(line) for line in f]
 
 
 def evaluate_checkpoint(checkpoint, questions_file, out_dir, *extra):
@@ -77,10 +85,7 @@ def evaluate_checkpoint(checkpoint, questions_file, out_dir, *extra):
                "--question_key=q", "--answer_key=a", f"--max_new_tokens={MAX_NEW}",
                f"--out_dir={out_dir}", "--no_progress", *extra])
     assert rc == 0
-    with open(os.path.join(out_dir, "questions.json")) as f:
-        report = json.load(f)
-    with open(os.path.join(out_dir, "questions.samples.jsonl")) as f:
-        return report, [json.loads(line) for line in f]
+    return read_results(out_dir, "questions")
 
 
 def test_resolve_checkpoint_finds_latest_and_explicit_steps(run):
@@ -121,8 +126,12 @@ def test_known_right_answers_score_through_the_cli(run, tmp_path):
     golds = [numbers[-1] if i % 2 == 0 else "987654" for i, numbers in enumerate(said)]
     questions = str(tmp_path / "questions.jsonl")
     write_questions(questions, golds)
-    report, samples = evaluate_checkpoint(run_dir, questions, str(tmp_path / "out"),
-                                          "--mesh=1,1,1")
+    # A second file (same stem: reported as questions_2) with all three golds right.
+    write_questions(str(tmp_path / "more" / "questions.jsonl"),
+                    [numbers[-1] for numbers in said[:3]])
+    report, samples = evaluate_checkpoint(
+        run_dir, f"{questions},{tmp_path}/more/questions.jsonl", str(tmp_path / "out"),
+        "--mesh=1,1,1")
     assert [s["correct"] for s in samples] == [True, False] * 3
     for s in samples:
         assert s["correct"] == (math_accuracy(s["completion"], s["gold"], mode="regex",
@@ -130,3 +139,38 @@ def test_known_right_answers_score_through_the_cli(run, tmp_path):
     assert report["pass@1"] == 0.5 and report["maj@1"] == 0.5
     assert report["no_answer_rate"] == 0.0
     assert np.mean([s["tokens"] for s in samples]) == report["mean_response_tokens"]
+    second, samples = read_results(str(tmp_path / "out"), "questions_2")
+    assert [s["correct"] for s in samples] == [True] * 3 and second["pass@1"] == 1.0
+    with open(tmp_path / "out" / "overall.json") as f:
+        overall = json.load(f)
+    assert overall["benchmarks"] == ["questions", "questions_2"] and overall["problems"] == 9
+    assert overall["weighted"]["pass@1"] == pytest.approx((6 * 0.5 + 3 * 1.0) / 9)
+    assert overall["macro"]["pass@1"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(run, qwen_tokenizer_dir, tmp_path,
+                                                      capsys):
+    questions = str(tmp_path / "questions.jsonl")
+    write_questions(questions, ["0"] * len(QUESTIONS))
+    rc = main([f"--checkpoint={run[0]}", f"--tokenizer={qwen_tokenizer_dir}",
+               f"--benchmarks={questions}", "--question_key=q", "--answer_key=a",
+               f"--out_dir={tmp_path}/out"])
+    assert rc == 2
+    assert "the tokenizer has 151665 tokens, more than the vocab_size 20" in \
+        capsys.readouterr().err
+
+
+def test_a_run_config_that_does_not_fit_the_params_is_refused(run, tmp_path, capsys):
+    """A checkpoint whose saved config claims hidden_size 48 for 32-wide parameters."""
+    _, model_config, _, saved = run
+    bad = dict(RUN, model=dict(RUN["model"], arch=dict(RUN["model"]["arch"], hidden_size=48)))
+    checkpointer = Checkpointer(str(tmp_path / "bad" / "checkpoints"), async_save=False)
+    checkpointer.save(1, {"params": saved[5]}, {}, {"step": 1, "config": bad})
+    checkpointer.close()
+    questions = str(tmp_path / "questions.jsonl")
+    write_questions(questions, ["0"] * len(QUESTIONS))
+    rc = main([f"--checkpoint={tmp_path}/bad", f"--benchmarks={questions}", "--question_key=q",
+               "--answer_key=a", f"--out_dir={tmp_path}/out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "parameter ['embed'] is saved with shape (20, 32)" in err
+    assert "the run's model config gives (20, 48)" in err

@@ -11,6 +11,8 @@ import pytest
 
 from r1jax.data import load_benchmark
 from r1jax.evaluation.cli import main
+from r1jax.evaluation.policy import stop_token_ids
+from r1jax.models import load_tokenizer
 from r1jax.rewards import extract_answer, math_accuracy
 from tests.hf_models import make_hf_model
 
@@ -113,3 +115,14 @@ def test_missing_paths_and_bad_flags_are_clear_errors(tmp_path, data_dir, model_
     rc, err = run_main([f"--model={model_dir}", f"--tokenizer={empty_tok}"] + base, capsys)
     assert rc == 2 and "no tokenizer files" in err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_stop_tokens_cover_eos_end_of_turn_and_generation_config(qwen_tokenizer_dir,
+                                                                 tmp_path):
+    tokenizer = load_tokenizer(qwen_tokenizer_dir)
+    im_end, endoftext = (tokenizer.convert_tokens_to_ids(t)
+                         for t in ("<|im_end|>", "<|endoftext|>"))
+    assert stop_token_ids(tokenizer) == sorted({im_end, endoftext})
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [endoftext, 151646]}, f)
+    assert stop_token_ids(tokenizer, str(tmp_path)) == sorted({im_end, endoftext, 151646})
