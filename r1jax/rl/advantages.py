@@ -24,9 +24,10 @@ Exact cases, chosen on purpose:
   rather than computed, so float rounding in the mean cannot leave a residue of order
   ulp / eps that the 1e-6 denominator would amplify).
 - A group of one (G = 1) has no peers and hence no baseline: it gets baseline 0 and group
-  std 1 (exactly: no eps is added), i.e. A = R under "group" and "none" (plain REINFORCE), A = R / (std_B + eps) under
-  "batch". This is verl's rule (mean 0, std 1 for a single-sample group) and keeps such
-  groups useful, which is why `dapo.keep_groups` keeps them.
+  std 1 (exactly: no eps is added), i.e. A = R under "group" and "none" (plain REINFORCE),
+  A = R / (std_B + eps) under "batch". This is verl's rule (mean 0, std 1 for a
+  single-sample group); it keeps such groups useful, which is why `dapo.keep_groups` keeps
+  them.
 - A standard deviation over a single value (std_B with B = 1) is taken as 1.
 """
 

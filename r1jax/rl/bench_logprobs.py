@@ -5,7 +5,9 @@
 For each case it jits value_and_grad of sum(logp x g) w.r.t. (h, w) (entropy computed and
 logged, not differentiated, as the trainer uses it) and prints the best wall time over the
 repeats, the useful throughput 6 B T D V / time (the flops of forward + backward without
-recomputation) and the peak temporary memory from XLA's memory analysis.
+recomputation) and the peak temporary memory from XLA's memory analysis. With --large it
+also runs Qwen's vocabulary and compiles (without running) a full-size step, B=32 T=256
+D=896 V=151,936, to compare the memory alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ LARGE_CASES = [  # Qwen2.5-0.5B's lm head: D = 896, V = 151,936
     (4, 64, 896, 151936, "float32"),
     (4, 64, 896, 151936, "bfloat16"),
 ]
+
+# compiled only (the reference needs ~18 GiB of temporaries here)
+MEMORY_CASES = [
+    (32, 256, 896, 151936, "float32"),
+    (32, 256, 896, 151936, "bfloat16"),
+]
+
+FNS = {"chunked": lambda h, w, x: logprobs.token_logprobs(h, w, x),
+       "reference": logprobs.token_logprobs_reference}
 
 
 def _loss_fn(fn):
@@ -53,16 +64,22 @@ def run_case(b: int, t: int, d: int, v: int, dtype: str, repeats: int) -> None:
     g = jax.random.normal(k[3], (b, t))
     args = (h, w, targets, g)
     flops = 6 * b * t * d * v
-    fns = {"chunked": lambda h, w, x: logprobs.token_logprobs(h, w, x),
-           "reference": logprobs.token_logprobs_reference}
     times = {}
-    for name, fn in fns.items():
+    for name, fn in FNS.items():
         f = _loss_fn(fn)
         mem = f.lower(*args).compile().memory_analysis()
         times[name] = _time(f, args, repeats)
         print(f"  {name:9s} {times[name] * 1e3:9.1f} ms  {flops / times[name] / 1e9:6.1f} "
               f"GFLOP/s useful  temp {mem.temp_size_in_bytes / 2**20:8.1f} MiB")
     print(f"  chunked / reference time: {times['chunked'] / times['reference']:.2f}")
+
+
+def memory_case(b: int, t: int, d: int, v: int, dtype: str) -> None:
+    args = (jax.ShapeDtypeStruct((b, t, d), dtype), jax.ShapeDtypeStruct((d, v), dtype),
+            jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.float32))
+    for name, fn in FNS.items():
+        mem = _loss_fn(fn).lower(*args).compile().memory_analysis()
+        print(f"  {name:9s} temp {mem.temp_size_in_bytes / 2**30:7.2f} GiB (compiled only)")
 
 
 def main() -> None:
@@ -75,6 +92,11 @@ def main() -> None:
         print(f"B={b} T={t} D={d} V={v} {dtype} (chunk_size, vocab_chunk_size = "
               f"{logprobs.default_chunk_sizes(b, t, v)})")
         run_case(*case, repeats=args.repeats)
+    for case in MEMORY_CASES if args.large else []:
+        b, t, d, v, dtype = case
+        print(f"B={b} T={t} D={d} V={v} {dtype} (chunk_size, vocab_chunk_size = "
+              f"{logprobs.default_chunk_sizes(b, t, v)})")
+        memory_case(*case)
 
 
 if __name__ == "__main__":

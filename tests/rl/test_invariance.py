@@ -32,7 +32,10 @@ def _problem():
               "w": jax.random.normal(k[1], (D, V))}
     x = jax.random.normal(k[2], (B, T, D))
     targets = jax.random.randint(k[3], (B, T), 0, V)
-    shift = lambda s, kk: jax.tree.map(lambda a: a + s * jax.random.normal(kk, a.shape), params)
+
+    def shift(scale, key):
+        return jax.tree.map(lambda a: a + scale * jax.random.normal(key, a.shape), params)
+
     old_logp, _ = _logp(shift(0.15, k[4]), x, targets)
     ref_logp, _ = _logp(shift(0.3, k[5]), x, targets)
     lengths = jax.random.randint(k[6], (B,), 1, T + 1).at[5].set(0).at[12].set(0)
@@ -53,6 +56,10 @@ def _loss(params, batch, agg, level, denominator=None):
         entropy=ent, entropy_coef=0.01)
 
 
+def _rows(batch, start, stop):
+    return jax.tree.map(lambda a: a[start:stop], batch)
+
+
 def _close(a, b):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=RTOL, atol=ATOL), a, b)
 
@@ -70,15 +77,14 @@ def test_whole_vs_microbatches_vs_mesh(agg, level):
     # 4 microbatches with the whole batch's denominator; losses, grads, metrics summed
     denom = losses.loss_denominator(batch["mask"], agg, T)
     micro = jax.jit(lambda p, b: grad_fn(p, b, agg, level, denom))
-    parts = [micro(params, jax.tree.map(lambda a: a[i:i + 4], batch)) for i in range(0, B, 4)]
+    parts = [micro(params, _rows(batch, i, i + 4)) for i in range(0, B, 4)]
     summed = jax.tree.map(lambda *a: sum(a), *parts)
     (m_loss, m_metrics), m_grads = summed
     _close((m_loss, m_grads), (loss, grads))
     _close(losses.summarize_metrics(m_metrics), losses.summarize_metrics(metrics))
     # negative control: each microbatch dividing by its own denominator is NOT the same
     local = jax.jit(lambda p, b: grad_fn(p, b, agg, level))
-    local_loss = sum(local(params, jax.tree.map(lambda a: a[i:i + 4], batch))[0][0]
-                     for i in range(0, B, 4))
+    local_loss = sum(local(params, _rows(batch, i, i + 4))[0][0] for i in range(0, B, 4))
     assert abs(float(local_loss) - float(loss)) > 1e-3
 
     mesh = make_mesh(data=8, fsdp=1, tensor=1)
@@ -93,8 +99,8 @@ def test_whole_vs_microbatches_vs_mesh(agg, level):
     # the replicated params comes out psum-ed over "data" by shard_map's autodiff; the loss
     # is summed by hand.
     def per_device(p, b):
-        (l, _), g = grad_fn(p, b, agg, level, denom)
-        return jax.lax.psum(l, "data"), g
+        (piece_loss, _), g = grad_fn(p, b, agg, level, denom)
+        return jax.lax.psum(piece_loss, "data"), g
 
     spmd = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")),
                                  out_specs=P()))

@@ -47,7 +47,10 @@ def test_values_and_gradients_match_naive_fp32(chunks, temperature):
     cs, vcs = chunks
     fn = jax.jit(lambda h, w, x: logprobs.token_logprobs(
         h, w, x, temperature=temperature, chunk_size=cs, vocab_chunk_size=vcs))
-    ref = lambda h, w, x: _naive(h, w, x, temperature)
+
+    def ref(h, w, x):
+        return _naive(h, w, x, temperature)
+
     logp, ent = fn(h, w, targets)
     r_logp, r_ent = ref(h, w, targets)
     np.testing.assert_allclose(logp, r_logp, atol=1e-5, rtol=1e-5)
@@ -61,7 +64,10 @@ def test_values_and_gradients_match_naive_fp32(chunks, temperature):
 
 def test_without_entropy():
     h, w, targets, g_logp, _ = _inputs()
-    fn = lambda h, w, x: logprobs.token_logprobs(h, w, x, chunk_size=4, return_entropy=False)
+
+    def fn(h, w, x):
+        return logprobs.token_logprobs(h, w, x, chunk_size=4, return_entropy=False)
+
     logp, ent = fn(h, w, targets)
     assert ent is None
     np.testing.assert_allclose(logp, _naive(h, w, targets, 1.0)[0], atol=1e-5, rtol=1e-5)
@@ -73,7 +79,10 @@ def test_without_entropy():
 
 def test_bf16_inputs_accumulate_in_fp32():
     h, w, targets, g_logp, g_ent = _inputs(jnp.bfloat16, t=16, v=300, d=32)
-    fn = lambda h, w, x: logprobs.token_logprobs(h, w, x, chunk_size=8, vocab_chunk_size=128)
+
+    def fn(h, w, x):
+        return logprobs.token_logprobs(h, w, x, chunk_size=8, vocab_chunk_size=128)
+
     logp, ent = fn(h, w, targets)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
     # the same bf16 values, upcast: float32 accumulation leaves only summation-order error
@@ -93,8 +102,13 @@ def test_bf16_inputs_accumulate_in_fp32():
 def test_never_materializes_full_logits():
     b, t, d, v = 8, 64, 32, 4096
     h, w, targets, g_logp, _ = _inputs(b=b, t=t, d=d, v=v)
-    fn = lambda h, w, x: logprobs.token_logprobs(h, w, x, chunk_size=16, vocab_chunk_size=512)
-    step = lambda f: jax.jit(jax.grad(_objective(f, targets, g_logp, None), (0, 1)))
+
+    def fn(h, w, x):
+        return logprobs.token_logprobs(h, w, x, chunk_size=16, vocab_chunk_size=512)
+
+    def step(f):
+        return jax.jit(jax.grad(_objective(f, targets, g_logp, None), (0, 1)))
+
     chunked = step(fn).lower(h, w).compile().memory_analysis().temp_size_in_bytes
     naive = step(lambda *a: _naive(*a, 1.0)).lower(h, w).compile().memory_analysis()
     full_logits = b * t * v * 4  # 8 MiB

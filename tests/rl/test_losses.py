@@ -112,13 +112,14 @@ def test_masked_garbage_and_fully_masked_rows_give_finite_zero_gradients():
     logp = jnp.array([[-1.0, jnp.nan, -jnp.inf], [jnp.inf, jnp.nan, -jnp.inf]])
     old = jnp.array([[-1.5, jnp.inf, 0.0], [jnp.nan, 1.0, 2.0]])
     mask = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    def f(lp, agg, level):
+        return losses.policy_loss(lp, old, jnp.array([1.0, -1.0]), mask, agg=agg,
+                                  max_response_len=3, ratio_level=level, ref_logp=old,
+                                  beta=0.1)[0]
+
     for agg in losses.AGG_MODES:
         for level in losses.RATIO_LEVELS:
-            def f(lp):
-                return losses.policy_loss(lp, old, jnp.array([1.0, -1.0]), mask, agg=agg,
-                                          max_response_len=3, ratio_level=level,
-                                          ref_logp=old, beta=0.1)[0]
-            loss, g = jax.value_and_grad(f)(logp)
+            loss, g = jax.value_and_grad(f)(logp, agg, level)
             assert np.isfinite(loss) and np.all(np.isfinite(g)), (agg, level)
             assert np.all(np.asarray(g)[mask == 0] == 0.0)
             assert g[0, 0] != 0.0
