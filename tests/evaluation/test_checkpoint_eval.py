@@ -16,7 +16,7 @@ from r1jax.checkpoint import Checkpointer
 from r1jax.config import RunConfig, from_dict, to_dict
 from r1jax.evaluation import resolve_checkpoint
 from r1jax.evaluation.cli import main
-from r1jax.models import Decoder
+from r1jax.models import Decoder, save_hf
 from r1jax.models.decoder import init_params
 from r1jax.rewards import math_accuracy
 from r1jax.sampling import Sampler, generate_text
@@ -117,6 +117,25 @@ def test_checkpoint_params_come_back(run, tmp_path):
     assert all(s["prompt"] == q for s, q in zip(samples, QUESTIONS))
 
 
+def test_run_from_a_hf_directory_rebuilds_the_model_from_its_config_json(run, tmp_path):
+    """A run whose model.path is a HF directory (the usual fine-tuning case)."""
+    _, model_config, tokenizer, saved = run
+    hf_dir = save_hf(Decoder(model_config, params=init_params(model_config, jax.random.key(7)),
+                             sharding=single_device()), str(tmp_path / "hf"),
+                     tokenizer=tokenizer)
+    cfg = from_dict(RunConfig, dict(RUN, model={"path": hf_dir}))
+    checkpointer = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+    checkpointer.save(9, {"params": saved[5]}, {}, {"step": 9, "config": to_dict(cfg)})
+    checkpointer.close()
+    questions = str(tmp_path / "questions.jsonl")
+    write_questions(questions, ["0"] * len(QUESTIONS))
+    report, samples = evaluate_checkpoint(str(tmp_path / "run"), questions,
+                                          str(tmp_path / "out"), "--mesh=1,1,1")
+    assert [s["completion"] for s in samples] == direct_greedy(model_config, saved[5],
+                                                               tokenizer)
+    assert report["settings"]["step"] == 9
+
+
 def test_known_right_answers_score_through_the_cli(run, tmp_path):
     """Golds set to what the model says for half the problems: pass@1 = 1/2 exactly."""
     run_dir, model_config, tokenizer, saved = run
@@ -162,7 +181,7 @@ def test_a_tokenizer_larger_than_the_model_is_refused(run, qwen_tokenizer_dir, t
 
 def test_a_run_config_that_does_not_fit_the_params_is_refused(run, tmp_path, capsys):
     """A checkpoint whose saved config claims hidden_size 48 for 32-wide parameters."""
-    _, model_config, _, saved = run
+    saved = run[3]
     bad = dict(RUN, model=dict(RUN["model"], arch=dict(RUN["model"]["arch"], hidden_size=48)))
     checkpointer = Checkpointer(str(tmp_path / "bad" / "checkpoints"), async_save=False)
     checkpointer.save(1, {"params": saved[5]}, {}, {"step": 1, "config": bad})
