@@ -60,6 +60,23 @@ def _zeros(shape, *like) -> jax.Array:
     return jnp.broadcast_to(zero, shape)
 
 
+def _bits(x: jax.Array) -> jax.Array:
+    """A 16-bit float array viewed as uint16, else x.
+
+    XLA:CPU runs slices, dynamic slices, gathers and updates of bf16 arrays through float32
+    (converting the WHOLE operand, e.g. all of w, once per call); on the bit pattern they are
+    plain copies. A free bitcast on other backends.
+    """
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def _unbits(x: jax.Array, dtype) -> jax.Array:
+    """Inverse of `_bits`."""
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+
+
 def _over_vocab(fn: Callable, carry, w: jax.Array, vc: int):
     """Folds `carry = fn(carry, w_tile, offset)` over the vocab chunks of w [D, V].
 
@@ -69,13 +86,15 @@ def _over_vocab(fn: Callable, carry, w: jax.Array, vc: int):
     n_full, rem = divmod(w.shape[1], vc)
     if n_full == 1 and not rem:
         return fn(carry, w, 0)
+    wb = _bits(w)
     if n_full:
         def body(c, j):
             off = j * vc
-            return fn(c, jax.lax.dynamic_slice_in_dim(w, off, vc, axis=1), off), None
+            w_tile = _unbits(jax.lax.dynamic_slice_in_dim(wb, off, vc, axis=1), w.dtype)
+            return fn(c, w_tile, off), None
         carry, _ = jax.lax.scan(body, carry, jnp.arange(n_full))
     if rem:
-        carry = fn(carry, w[:, n_full * vc:], n_full * vc)
+        carry = fn(carry, _unbits(wb[:, n_full * vc:], w.dtype), n_full * vc)
     return carry
 
 
@@ -102,23 +121,27 @@ def _forward_chunk(h_c, t_c, w, vc, temperature, with_entropy):
     lse = m + jnp.log(s)
     # the target logit as a dot with the gathered column: no pass over the tiles
     # (in float32 after the gather: a bf16 batched dot would make XLA:CPU convert all of w)
-    picked = jnp.einsum("bcd,dbc->bc", h_c.astype(jnp.float32),
-                        jnp.take(w, t_c, axis=1).astype(jnp.float32))
+    w_t = _unbits(jnp.take(_bits(w), t_c, axis=1), w.dtype)
+    picked = jnp.einsum("bcd,dbc->bc", h_c.astype(jnp.float32), w_t.astype(jnp.float32))
     if temperature != 1.0:
         picked = picked / temperature
     ent = lse - sz / s if with_entropy else None
     return picked - lse, lse, ent
 
 
-def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
-    """[B, n * c, ...] -> [n, B, c, ...] (the batch dim stays where its sharding is)."""
-    return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0)
+def _to_chunks(x: jax.Array, c: int) -> jax.Array:
+    """[B, T, ...] -> [n, B, c, ...], T zero-padded to n * c (the batch dim keeps its place,
+    and with it its sharding)."""
+    x = _bits(x)
+    if pad := -x.shape[1] % c:
+        x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(x.shape[0], -1, c, *x.shape[2:]), 1, 0)
 
 
-def _from_chunks(x: jax.Array) -> jax.Array:
-    """[n, B, c, ...] -> [B, n * c, ...]."""
+def _from_chunks(x: jax.Array, t: int) -> jax.Array:
+    """[n, B, c, ...] -> [B, t, ...] (dropping the padding)."""
     x = jnp.moveaxis(x, 0, 1)
-    return x.reshape(x.shape[0], -1, *x.shape[3:])
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :t]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -128,16 +151,16 @@ def _chunked(h, w, targets, temperature, chunk, vc, with_entropy):
 
 
 def _chunked_fwd_impl(h, w, targets, temperature, chunk, vc, with_entropy):
-    n = h.shape[1] // chunk
-
     def body(_, xs):
         h_c, t_c = xs
-        return None, _forward_chunk(h_c, t_c, w, vc, temperature, with_entropy)
+        return None, _forward_chunk(_unbits(h_c, h.dtype), t_c, w, vc, temperature,
+                                    with_entropy)
 
-    _, (logp, lse, ent) = jax.lax.scan(body, None, (_to_chunks(h, n, chunk),
-                                                    _to_chunks(targets, n, chunk)))
-    logp, lse = _from_chunks(logp), _from_chunks(lse)
-    ent = _from_chunks(ent) if with_entropy else None
+    t = h.shape[1]
+    _, (logp, lse, ent) = jax.lax.scan(body, None, (_to_chunks(h, chunk),
+                                                    _to_chunks(targets, chunk)))
+    logp, lse = _from_chunks(logp, t), _from_chunks(lse, t)
+    ent = _from_chunks(ent, t) if with_entropy else None
     return (logp, ent), (lse, ent)
 
 
@@ -147,7 +170,7 @@ def _chunked_fwd(h, w, targets, temperature, chunk, vc, with_entropy):
     return out, (h, w, targets, lse, ent)
 
 
-def _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature):
+def _backward_chunk(dw, dw_dtype, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature):
     """Adds this token chunk's h^T dz to dw [D, V]; returns (dw, dh_c [B, c, D] float32)."""
     def tile(carry, w_tile, off):
         dw, dh_c = carry
@@ -163,8 +186,9 @@ def _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature):
         gz = gz.astype(h_c.dtype)
         dh_c = dh_c + jnp.einsum("bcv,dv->bcd", gz, w_tile, preferred_element_type=jnp.float32)
         dw_tile = jnp.einsum("bcd,bcv->dv", h_c, gz, preferred_element_type=jnp.float32)
-        width = w_tile.shape[1]
-        dw_tile = (jax.lax.dynamic_slice_in_dim(dw, off, width, axis=1) + dw_tile).astype(dw.dtype)
+        # dw is carried as _bits(dw) (see there); its dtype is float32 or w's
+        old = _unbits(jax.lax.dynamic_slice_in_dim(dw, off, w_tile.shape[1], axis=1), dw_dtype)
+        dw_tile = _bits((old.astype(jnp.float32) + dw_tile).astype(dw_dtype))
         return jax.lax.dynamic_update_slice_in_dim(dw, dw_tile, off, axis=1), dh_c
 
     dh_c = _zeros(h_c.shape, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w)
@@ -177,24 +201,29 @@ def _chunked_bwd(temperature, chunk, vc, with_entropy, res, g):
     use_ent = with_entropy and not isinstance(g_ent, SymbolicZero)
     if isinstance(g_logp, SymbolicZero):
         g_logp = jnp.zeros_like(lse)
-    n = h.shape[1] // chunk
+    n = -(-h.shape[1] // chunk)
 
     def split(x):
-        return _to_chunks(x, n, chunk)
+        # padded positions have h = 0 and cotangents 0, so they add nothing to dh or dw
+        return _to_chunks(x, chunk)
+
+    # dw sums over token chunks in float32; with one token chunk each tile is written once,
+    # so it may be rounded to w's dtype right away (saving a float32 [D, V] buffer).
+    dw_dtype = jnp.float32 if n > 1 else w.dtype
 
     def body(dw, xs):
         h_c, t_c, lse_c, gl_c, ent_c, ge_c = xs
-        dw, dh_c = _backward_chunk(dw, h_c, t_c, lse_c, gl_c, ent_c, ge_c, w, vc, temperature)
-        return dw, dh_c.astype(h.dtype)
+        dw, dh_c = _backward_chunk(dw, dw_dtype, _unbits(h_c, h.dtype), t_c, lse_c, gl_c,
+                                   ent_c, ge_c, w, vc, temperature)
+        return dw, _bits(dh_c.astype(h.dtype))
 
     xs = (split(h), split(targets), split(lse), split(g_logp.astype(jnp.float32)),
           split(ent) if use_ent else None,
           split(g_ent.astype(jnp.float32)) if use_ent else None)
-    # dw sums over token chunks in float32; with one token chunk each tile is written once,
-    # so it may be rounded to w's dtype right away (saving a float32 [D, V] buffer).
-    dw0 = _zeros(w.shape, w, *xs).astype(jnp.float32 if n > 1 else w.dtype)
+    dw0 = _bits(_zeros(w.shape, w, *xs).astype(dw_dtype))
     dw, dh = jax.lax.scan(body, dw0, xs)
-    return _from_chunks(dh), dw.astype(w.dtype), None
+    dh = _unbits(_from_chunks(dh, h.shape[1]), h.dtype)
+    return dh, _unbits(dw, dw_dtype).astype(w.dtype), None
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
@@ -244,19 +273,12 @@ def token_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, *,
     auto_c, auto_vc = default_chunk_sizes(b, t, w.shape[1])
     chunk = min(chunk_size or auto_c, t)
     vc = min(vocab_chunk_size or auto_vc, w.shape[1])
-    if pad := -t % chunk:
-        h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
     # Inside shard_map with h split over batch axes and w replicated, this makes w vary like
     # h, so that w's gradient (a per-device partial sum) is psum-ed by JAX's transpose of the
     # implicit broadcast. Outside shard_map XLA drops the + 0.
     w = w + jnp.zeros_like(h[0, 0, 0])
-    logp, ent = _chunked(h, w, targets.astype(jnp.int32), float(temperature), chunk, vc,
-                         bool(return_entropy))
-    if pad:
-        logp = logp[:, :t]
-        ent = ent[:, :t] if ent is not None else None
-    return logp, ent
+    return _chunked(h, w, targets.astype(jnp.int32), float(temperature), chunk, vc,
+                    bool(return_entropy))
 
 
 def token_logprobs_reference(h: jax.Array, w: jax.Array, targets: jax.Array, *,

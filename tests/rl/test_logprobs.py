@@ -77,11 +77,14 @@ def test_without_entropy():
         np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()), rtol=1e-5)
 
 
-def test_bf16_inputs_accumulate_in_fp32():
+@pytest.mark.parametrize("chunks", [(8, 128), (5, 300), (16, 300)])
+def test_bf16_inputs_accumulate_in_fp32(chunks):
+    # T padded + vocab remainder; one vocab chunk; one token chunk (dw kept in bf16)
     h, w, targets, g_logp, g_ent = _inputs(jnp.bfloat16, t=16, v=300, d=32)
 
     def fn(h, w, x):
-        return logprobs.token_logprobs(h, w, x, chunk_size=8, vocab_chunk_size=128)
+        return logprobs.token_logprobs(h, w, x, chunk_size=chunks[0],
+                                       vocab_chunk_size=chunks[1])
 
     logp, ent = fn(h, w, targets)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
