@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 # pull several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench-sampler clean
+.PHONY: demo test bench-sampler bench-step clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) $(TORCH)
 	$(PIP) -c constraints.txt -e ".[test]"
 	touch $@
+
+# The CPU demo: warm start + DAPO on a tiny model; prints held-out accuracy before / after RL
+# and writes runs/demo_cpu/curves.png.
+demo: $(VENV)/.core
+	JAX_PLATFORMS=cpu $(VENV)/bin/r1jax-train --config=configs/demo_cpu.py
+
+bench-sampler: $(VENV)/.test
+	JAX_PLATFORMS=cpu $(PY) -m r1jax.benchmarks.sampler
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a pass.
 test: $(VENV)/.test

@@ -37,7 +37,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch>=2.5"],
+        # jax[tpu] brings libtpu, with which the tests compile the TPU kernels for real TPU
+        # topologies on a CPU host.
+        "test": ["pytest>=8", "torch>=2.5", "jax[tpu]>=0.8.1,<0.11"],
         "tpu": ["jax[tpu]>=0.8.1,<0.11"],
         "cuda": ["jax[cuda12]>=0.8.1,<0.11"],
         "cuda13": ["jax[cuda13]>=0.8.1,<0.11"],
