@@ -44,6 +44,10 @@ class Trainer:
     """Holds the run's state and runs it; `Trainer(cfg).run()` is the whole job."""
 
     def __init__(self, cfg: RunConfig):
+        if jax.process_count() > 1:
+            raise NotImplementedError(
+                "r1jax trains on one host for now (all devices of one TPU VM or GPU node); "
+                f"this job has {jax.process_count()} processes")
         self.cfg = cfg
         self.run_dir = os.path.abspath(cfg.train.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
