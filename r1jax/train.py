@@ -172,7 +172,9 @@ class Trainer:
             payloads = [gen.group(p, g) for p in range(len(gen.examples))]
             if ds is None:
                 return payloads, steps.rollout_metrics(gens, None)
-            if ds.add(gen.rewards, payloads, correct=gen.correct) is not dapo.Status.NEED_MORE:
+            # DAPO filters on accuracy: groups all correct or all wrong carry no signal.
+            accuracy = gen.parts[cfg.rewards.accuracy]
+            if ds.add(accuracy, payloads, correct=gen.correct) is not dapo.Status.NEED_MORE:
                 break
         try:
             groups, ds_stats = ds.take()
