@@ -1,6 +1,6 @@
 """Benchmark: chunked `token_logprobs` against the full-logits reference, forward + backward.
 
-    python -m r1jax.rl.bench_logprobs [--repeats 5] [--large]
+    python -m r1jax.benchmarks.logprobs [--repeats 5] [--large]
 
 For each case it jits value_and_grad of sum(logp x g) w.r.t. (h, w) (entropy computed and
 logged, not differentiated, as the trainer uses it) and prints the best wall time over the
