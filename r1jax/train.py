@@ -15,10 +15,9 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import numpy as np
 
 from r1jax import builder, checkpoint
 from r1jax.config import RunConfig, load_config, to_dict
@@ -30,7 +29,6 @@ from r1jax.models.decoder import Decoder
 from r1jax.rl import dapo, steps
 from r1jax.rl.rollout import generate_batch
 from r1jax.sampling import Sampler
-from r1jax.sft import make_sft_update
 
 log = logging.getLogger("r1jax.train")
 
@@ -138,13 +136,10 @@ class Trainer:
     def warm_start(self, writer: MetricsWriter) -> None:
         """Supervised cold start on the training examples' worked solutions."""
         s = self.cfg.sft
-        source = builder.build_train_source(self.cfg.data)
-        it = make_prompt_iterator(source, self.tokenizer, self._template(), s.batch_size,
-                                  s.seed, *builder.process_shard(),
+        it = make_prompt_iterator(self.train_source, self.tokenizer, self._template(),
+                                  s.batch_size, s.seed, *builder.process_shard(),
                                   max_prompt_tokens=self.cfg.data.max_prompt_tokens)
-        update = make_sft_update(self.model_config, steps.sft_optimizer(s),
-                                 self.sharding)
-        sft_metrics = self.rl.run_sft(update, it, s, self.tokenizer, self.eos_id, self.pad_id,
+        sft_metrics = self.rl.run_sft(it, s, self.tokenizer, self.eos_id, self.pad_id,
                                       self.cfg.rollout.max_new_tokens)
         self.summary["sft"] = sft_metrics
         writer.note(f"warm start: {s.steps} SFT steps, final loss {sft_metrics['loss']:.4f}")

@@ -9,6 +9,11 @@ measured here.
 
     python -m r1jax.benchmarks.sampler                 # CPU targets: tiny and small models
     python -m r1jax.benchmarks.sampler --models=tiny --batch=8
+    python -m r1jax.benchmarks.sampler --positions=128,1024,4096 --models=small
+
+`--positions` reports the time of one decode step at those positions instead: the difference
+between generating 2m and m tokens after a prompt of that length, divided by m, so that the
+prefill cancels out; the growth with position is the attention over the filled cache.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def make_model_dir(name: str, vocab: int, path: str, seed: int = 0):
     spec = dict(MODELS[name])
     spec.setdefault("vocab_size", vocab)
     cfg = transformers.Qwen2Config(**spec, tie_word_embeddings=True,
-                                   max_position_embeddings=4096)
+                                   max_position_embeddings=8192)
     model = transformers.Qwen2ForCausalLM(cfg).eval()
     model.save_pretrained(path)
     return model, sum(p.numel() for p in model.parameters())
@@ -99,6 +104,39 @@ def bench_transformers(model, prompts, new_tokens, repeats):
     return min(_timed(run) for _ in range(repeats))
 
 
+def step_time_at(path: str, position: int, batch: int, dtype: str, repeats: int,
+                 vocab: int, m: int = 32) -> float:
+    """Seconds per decode step at `position` (prefill cancelled out, see module docstring)."""
+    import r1jax
+    from r1jax.sampling import Sampler
+    model = r1jax.load_hf(path, dtype=dtype)
+    sampler = Sampler(model, max_prompt_len=position, max_new_tokens=2 * m)
+    ids = np.random.default_rng(0).integers(1, vocab, (batch, position)).tolist()
+
+    def best(new: int) -> float:
+        sampler.generate(ids, max_new_tokens=new, seed=0)
+        return min(_timed(lambda: sampler.generate(ids, max_new_tokens=new, seed=1))
+                   for _ in range(repeats))
+    return (best(2 * m) - best(m)) / m
+
+
+def positions_main(args) -> list[dict]:
+    rows = []
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_model, n_params = make_model_dir(name, args.vocab, tmp)
+            del hf_model
+            for pos in (int(p) for p in args.positions.split(",")):
+                sec = step_time_at(tmp, pos, args.batch, args.dtype, args.repeats, args.vocab)
+                rows.append({"model": name, "position": pos, "batch": args.batch,
+                             "step_ms": 1e3 * sec})
+                print(json.dumps(rows[-1]))
+    print("\n| model | position | batch | decode step ms |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['position']} | {r['batch']} | {r['step_ms']:.2f} |")
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="tiny,small")
@@ -110,7 +148,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--skip_transformers", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--positions", default=None,
+                   help="comma-separated positions: report decode step time at each")
     args = p.parse_args(argv)
+    if args.positions:
+        return positions_main(args)
     flops = matmul_flops("float32")
     print(f"device: {jax.devices()[0].device_kind}, fp32 matmul: {flops / 1e9:.1f} GFLOP/s")
     rows = []
@@ -133,8 +175,8 @@ def main(argv=None) -> list[dict]:
                 row["ratio"] = hf_sec / sec
             rows.append(row)
             print(json.dumps(row))
-    print(f"\n| model | params | r1jax tok/s | transformers tok/s | ratio | "
-          f"roofline | compile s |\n|---|---|---|---|---|---|---|")
+    print("\n| model | params | r1jax tok/s | transformers tok/s | ratio | "
+          "roofline | compile s |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['r1jax_tok_s']:.0f} | "
               f"{r.get('transformers_tok_s', float('nan')):.0f} | "

@@ -162,25 +162,28 @@ class RLSteps:
         out["batch/rows"] = float(jnp.sum(batch.valid_rows))
         return out
 
-    def run_sft(self, update_fn, iterator, cfg: SFTConfig, tokenizer, eos_id: int,
-                pad_id: int, max_completion: int) -> dict:
-        """`cfg.steps` supervised steps on (prompt, solution) batches; returns last metrics."""
-        from r1jax.sft import sft_batch
-        tx_state = {"params": self.state["params"]}
-        sft_update = jax.jit(update_fn, donate_argnums=0)
+    def run_sft(self, iterator, cfg: SFTConfig, tokenizer, eos_id: int, pad_id: int,
+                max_completion: int) -> dict:
+        """`cfg.steps` supervised steps on (prompt, solution) batches; returns last metrics.
+
+        The SFT optimizer state is dropped afterwards; `reset_optimizer` starts RL's.
+        """
+        from r1jax.sft import make_sft_update, sft_batch
         tx = sft_optimizer(cfg)
-        tx_state = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p),
-                                      "step": jnp.int32(0)}, donate_argnums=0)(
-            tx_state["params"])
+        init = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.int32(0)},
+                       donate_argnums=0)
+        sft_state = init(self.state["params"])
+        sft_update = jax.jit(make_sft_update(self.model_cfg, tx, self.sharding),
+                             donate_argnums=0)
         losses, start = [], time.perf_counter()
         for _ in range(cfg.steps):
             batch = sft_batch(next(iterator), tokenizer, eos_id=eos_id, pad_id=pad_id,
                               max_prompt=self.cfg.data.max_prompt_tokens,
                               max_completion=max_completion)
-            tx_state, metrics = sft_update(tx_state, jax.device_put(batch,
-                                                                    self.batch_sharding))
+            sft_state, metrics = sft_update(sft_state,
+                                            jax.device_put(batch, self.batch_sharding))
             losses.append(metrics["sft/loss"])
-        self.state = {"params": jax.device_put(tx_state["params"], self.param_sharding)}
+        self.state = {"params": jax.device_put(sft_state["params"], self.param_sharding)}
         losses = [float(x) for x in jax.device_get(losses)]
         return {"loss": losses[-1], "first_loss": losses[0], "steps": cfg.steps,
                 "seconds": time.perf_counter() - start}

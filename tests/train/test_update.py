@@ -1,6 +1,5 @@
 """The jitted update through the real decoder: microbatches and meshes change nothing."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
