@@ -1,6 +1,5 @@
 """Strings in, strings out through the tokenizer's chat template."""
 
-
 import r1jax
 from r1jax.sampling import encode_prompts, generate_text
 from tests.hf_models import make_hf_model
