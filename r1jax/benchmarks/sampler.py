@@ -72,10 +72,14 @@ def make_model_dir(name: str, vocab: int, path: str, seed: int = 0):
     return model, sum(p.numel() for p in model.parameters())
 
 
-def bench_r1jax(path, prompts, new_tokens, repeats, dtype):
+def bench_r1jax(path, prompts, new_tokens, repeats, dtype, data_parallel=1):
     import r1jax
     from r1jax.sampling import Sampler
-    model = r1jax.load_hf(path, dtype=dtype)
+    mesh = None
+    if data_parallel > 1:
+        mesh = r1jax.sharding.make_mesh(data=data_parallel, fsdp=1, tensor=1,
+                                        devices=jax.devices()[:data_parallel])
+    model = r1jax.load_hf(path, dtype=dtype, mesh=mesh)
     sampler = Sampler(model, max_prompt_len=prompts.shape[1], max_new_tokens=new_tokens)
     ids = prompts.tolist()
     first = _timed(lambda: sampler.generate(ids, max_new_tokens=new_tokens, seed=0))
@@ -147,6 +151,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--skip_transformers", action="store_true")
+    p.add_argument("--data_parallel", type=int, default=1,
+                   help="split the batch over this many devices (on CPU: set "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N, one per core)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--positions", default=None,
                    help="comma-separated positions: report decode step time at each")
@@ -164,7 +171,7 @@ def main(argv=None) -> list[dict]:
             prompts = rng.integers(1, vocab, (args.batch, args.prompt_len)).astype(np.int32)
             tokens = args.batch * args.new_tokens
             sec, compile_s = bench_r1jax(tmp, prompts, args.new_tokens, args.repeats,
-                                         args.dtype)
+                                         args.dtype, args.data_parallel)
             row = {"model": name, "params": int(n_params), "batch": args.batch,
                    "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                    "r1jax_tok_s": tokens / sec, "r1jax_compile_s": compile_s,

@@ -108,12 +108,17 @@ def param_shardings(cfg: ModelConfig, sharding: Sharding) -> Any:
 Attend = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
 
 
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+    """[B, S, D] x [D, N, Dh] -> [B, S, N, Dh] as one 2-D matmul (free reshapes)."""
+    return (x @ w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
+
+
 def project_qkv(p: Params, x: jax.Array, positions: jax.Array, cfg: ModelConfig,
                 sharding: Optional[Sharding]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Queries [B, S, H, Dh] and keys, values [B, S, K, Dh], with bias, q/k norm and RoPE."""
-    q = jnp.einsum("bsd,dhe->bshe", x, p["wq"])
-    k = jnp.einsum("bsd,dke->bske", x, p["wk"])
-    v = jnp.einsum("bsd,dke->bske", x, p["wv"])
+    q = _project(x, p["wq"])
+    k = _project(x, p["wk"])
+    v = _project(x, p["wv"])
     if cfg.qkv_bias:
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
     if cfg.qk_norm:
@@ -142,7 +147,9 @@ def block(p: Params, x: jax.Array, positions: jax.Array, attend: Attend, cfg: Mo
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q, k, v = project_qkv(p, h, positions, cfg, sharding)
     o, aux = attend(q, k, v)
-    o = jnp.einsum("bshe,hed->bsd", o, p["wo"])
+    # As a 2-D matmul over the flattened heads: both reshapes are free, and XLA gets no
+    # choice of contraction order that would make it transpose wo on every call.
+    o = o.reshape(*o.shape[:2], -1) @ p["wo"].reshape(-1, p["wo"].shape[-1])
     if cfg.o_bias:
         o = o + p["bo"]
     x = constrain(x + o, ("act_batch", "act_seq", "act_embed"), sharding)
