@@ -66,16 +66,50 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+@jax.custom_vjp
 def gated_mlp(x: jax.Array, w_gate: jax.Array, w_up: jax.Array,
               w_down: jax.Array) -> jax.Array:
-    """down(silu(x @ gate) * (x @ up)).
+    """down(silu(x @ gate) * (x @ up)), with a hand-written backward pass.
+
+    The backward saves only x and the two projections, recomputes the activation, and hands
+    the weight-gradient matmuls their operands in plain [tokens, features] layout; autodiff's
+    version made XLA:CPU transpose the [B, S, F] activation gradients with strided copies
+    (a quarter of the update's time on the CPU benchmark) and saved more activations.
 
     Args:
       x: [B, S, D]; w_gate, w_up: [D, F]; w_down: [F, D].
+    Returns:
+      [B, S, D].
     """
+    return _gated_mlp_fwd(x, w_gate, w_up, w_down)[0]
+
+
+def _gated_mlp_fwd(x, w_gate, w_up, w_down):
     gate = jnp.einsum("bsd,df->bsf", x, w_gate)
     up = jnp.einsum("bsd,df->bsf", x, w_up)
-    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, w_down)
+    out = jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, w_down)
+    return out, (x, gate, up, w_gate, w_up, w_down)
+
+
+def _gated_mlp_bwd(res, g):
+    x, gate, up, w_gate, w_up, w_down = res
+    sig = jax.nn.sigmoid(gate)
+    act = gate * sig  # silu(gate)
+    d_w_down = jnp.einsum("bsf,bsd->fd", act * up, g)
+    d_hidden = jnp.einsum("bsd,fd->bsf", g, w_down)
+    d_up = d_hidden * act
+    d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))  # silu'(z) = s(z) (1 + z (1 - s(z)))
+    # Materialize both gradients before the matmuls that read them twice each, so XLA does
+    # not fuse the elementwise maths into (and transpose it for) every consumer.
+    d_gate, d_up = jax.lax.optimization_barrier((d_gate, d_up))
+    d_x = (jnp.einsum("bsf,df->bsd", d_gate, w_gate)
+           + jnp.einsum("bsf,df->bsd", d_up, w_up))
+    d_w_gate = jnp.einsum("bsd,bsf->df", x, d_gate)
+    d_w_up = jnp.einsum("bsd,bsf->df", x, d_up)
+    return d_x, d_w_gate, d_w_up, d_w_down
+
+
+gated_mlp.defvjp(_gated_mlp_fwd, _gated_mlp_bwd)
 
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
