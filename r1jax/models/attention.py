@@ -1,7 +1,9 @@
 """The model's one attention switch: every attention call of the decoder goes through here.
 
 `impl` selects the implementation:
-- "xla": the pure-jnp references in `r1jax.kernels` (any backend; the CPU default).
+- "xla": plain XLA (any backend; the CPU default): `flash_attention_xla` (the reference's values,
+  flash-style hand-written backward) for training and prefill, the pure-jnp reference for
+  decode.
 - "pallas": the Pallas kernels of the backend: Mosaic on TPU, Triton on GPU. There are no CPU
   kernels: on CPU this raises, unless traced under `interpret(...)`, which runs the TPU or GPU
   kernels in Pallas interpret mode (tests, debugging).
@@ -33,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from r1jax.kernels import decode_attention as decode_kernels
 from r1jax.kernels import flash_attention as flash_kernels
 from r1jax.kernels.decode_attention import decode_attention_reference
-from r1jax.kernels.flash_attention import flash_attention_reference
+from r1jax.kernels.flash_attention import flash_attention_xla
 from r1jax.sharding import Sharding
 
 IMPLS = ("xla", "pallas", "auto", "cudnn")
@@ -120,7 +122,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, 
     """
     kind, platform, interpreted = resolve(impl, sharding)
     if kind == "xla":
-        return flash_attention_reference(q, k, v, segment_ids, causal=True, sm_scale=sm_scale)
+        return flash_attention_xla(q, k, v, segment_ids, causal=True, sm_scale=sm_scale)
     if kind == "cudnn":
         return _cudnn_attention(q, k, v, segment_ids, sm_scale)
     kernel = functools.partial(FLASH_KERNELS[platform], causal=True, sm_scale=sm_scale,

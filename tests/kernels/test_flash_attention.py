@@ -1,6 +1,7 @@
-"""Flash-attention kernels (TPU Mosaic, GPU Triton), run in interpret mode on CPU, against the
-pure-jnp reference: outputs, and dq, dk, dv against the gradients of the reference (float32,
-on the same rounded inputs)."""
+"""Flash-attention kernels (TPU Mosaic, GPU Triton, run in interpret mode on CPU) and the XLA
+implementation with its hand-written backward, against the pure-jnp reference: outputs, and
+dq, dk, dv against the autodiff gradients of the reference (float32, on the same rounded
+inputs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from r1jax.kernels.flash_attention import (BlockSizes, flash_attention_reference, gpu, tpu)
+from r1jax.kernels.flash_attention import (BlockSizes, flash_attention_reference,
+                                           flash_attention_xla, gpu, tpu)
 from tests.kernels.parity import assert_close, normal, packed_segments
 
 KERNELS = {"tpu": tpu.flash_attention, "gpu": gpu.flash_attention}
@@ -37,6 +39,8 @@ def _check(platform, dtype, groups, head_dim, seq, *, causal=True, sm_scale=None
     seg = packed_segments(b, seq)
 
     def kernel(q, k, v):
+        if platform == "xla":
+            return flash_attention_xla(q, k, v, seg, causal=causal, sm_scale=sm_scale)
         return KERNELS[platform](q, k, v, seg, causal=causal, sm_scale=sm_scale,
                                  block_sizes=SMALL, interpret=True)
 
@@ -55,13 +59,25 @@ def _check(platform, dtype, groups, head_dim, seq, *, causal=True, sm_scale=None
         assert_close(g, ref_g, dtype, name)
 
 
-@pytest.mark.parametrize("platform", ["tpu", "gpu"])
+@pytest.mark.parametrize("platform", ["tpu", "gpu", "xla"])
 @pytest.mark.parametrize("dtype,groups,head_dim,seq", CASES)
 def test_matches_reference_and_its_gradients(platform, dtype, groups, head_dim, seq):
     _check(platform, dtype, groups, head_dim, seq)
 
 
-@pytest.mark.parametrize("platform", ["tpu", "gpu"])
+@pytest.mark.parametrize("platform", ["tpu", "gpu", "xla"])
 def test_non_causal_ignores_sequence_padding(platform):
     # Not causal, S = 40 padded to 48: real queries must not see the 8 padded keys.
     _check(platform, "float32", 4, 64, 40, causal=False, sm_scale=0.3)
+
+
+def test_xla_backward_keeps_no_score_sized_residual():
+    # The point of flash_attention_xla: what the forward saves for the backward is O(S), not
+    # the O(S^2) probabilities that autodiff of the reference keeps.
+    b, s, h, d = 2, 64, 4, 16
+    q = k = v = jnp.ones((b, s, h, d))
+    seg = jnp.ones((b, s), jnp.int32)
+    for fn, has_scores in ((flash_attention_reference, True), (flash_attention_xla, False)):
+        _, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, seg), q, k, v)
+        sizes = [x.size for x in jax.tree.leaves(vjp) if hasattr(x, "size")]
+        assert (max(sizes) >= b * h * s * s) == has_scores, (fn.__name__, sizes)
