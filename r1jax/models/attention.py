@@ -2,8 +2,8 @@
 
 `impl` selects the implementation:
 - "xla": plain XLA (any backend; the CPU default): `flash_attention_xla` (the reference's values,
-  flash-style hand-written backward) for training and prefill, the pure-jnp reference for
-  decode.
+  flash-style hand-written backward) for training and prefill, `decode_attention_xla` (keys
+  cached as [B, K, Dh, S], see `transposed_key_cache`) or the pure-jnp reference for decode.
 - "pallas": the Pallas kernels of the backend: Mosaic on TPU, Triton on GPU. There are no CPU
   kernels: on CPU this raises, unless traced under `interpret(...)`, which runs the TPU or GPU
   kernels in Pallas interpret mode (tests, debugging).
@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from r1jax.kernels import decode_attention as decode_kernels
 from r1jax.kernels import flash_attention as flash_kernels
-from r1jax.kernels.decode_attention import decode_attention_reference
+from r1jax.kernels.decode_attention import decode_attention_reference, decode_attention_xla
 from r1jax.kernels.flash_attention import flash_attention_xla
 from r1jax.sharding import Sharding
 
@@ -133,23 +133,40 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, 
         q, k, v, segment_ids)
 
 
+def transposed_key_cache(impl: str, sharding: Optional[Sharding] = None) -> bool:
+    """Whether `decode_attention` with this impl wants the key cache as [B, K, Dh, S].
+
+    True for the XLA implementation (its score matmul reads keys in that layout without a
+    copy), False for the Pallas kernels, which tile [B, K, S, Dh].
+    """
+    return resolve(impl, sharding)[0] == "xla"
+
+
 def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
                      lengths: jax.Array, *, sm_scale: float, impl: str = "xla",
-                     sharding: Optional[Sharding] = None) -> jax.Array:
+                     sharding: Optional[Sharding] = None,
+                     keys_transposed: bool = False) -> jax.Array:
     """One new token per row against the valid prefix of its KV cache (decode).
 
     The Pallas kernels compute in the cache dtype: q is cast to it, the output back to q's.
 
     Args:
       q: [B, H, Dh].
-      k_cache, v_cache: [B, K, S, Dh]; slots [0, lengths[b]) of row b are valid.
+      k_cache: [B, K, S, Dh], or [B, K, Dh, S] with `keys_transposed` (XLA impl only; what
+        `transposed_key_cache(impl)` asks for).
+      v_cache: [B, K, S, Dh]; slots [0, lengths[b]) of row b are valid.
       lengths: [B] int32.
     Returns:
       [B, H, Dh].
     """
     kind, platform, interpreted = resolve(impl, sharding)
     if kind == "xla":
+        if keys_transposed:
+            return decode_attention_xla(q, k_cache, v_cache, lengths, sm_scale=sm_scale)
         return decode_attention_reference(q, k_cache, v_cache, lengths, sm_scale=sm_scale)
+    if keys_transposed:
+        raise ValueError(f"attention impl '{impl}' runs the {platform} decode kernel, which "
+                         f"takes keys [B, K, S, Dh]; keys_transposed is for the XLA impl")
     kernel = functools.partial(DECODE_KERNELS[platform], sm_scale=sm_scale,
                                interpret=interpreted)
     batch, heads = _batch_and_heads(sharding, q.shape[0], k_cache.shape[1])

@@ -40,6 +40,7 @@ from r1jax.sharding import Sharding, constrain
 STOP, LENGTH = 0, 1
 FINISH_REASONS = ("stop", "length")
 CACHE_AXES = ("cache_batch", "act_kv_heads", "cache_seq", None)
+KEY_CACHE_T_AXES = ("cache_batch", "act_kv_heads", None, "cache_seq")  # keys [B, K, Dh, S]
 
 
 @dataclasses.dataclass
@@ -227,18 +228,21 @@ def _prefill(params, tokens, lens, cfg, sharding):
     return k, v, decoder.logits_from_hidden(params, last, cfg)
 
 
-def _init_cache(k, v, n, size, dtype, sharding):
-    """Per-layer caches [B, K, S, Dh], prompt K/V in slots [0, Sp), each prompt repeated n."""
-    def one(x):
+def _init_cache(k, v, n, size, dtype, sharding, keys_t):
+    """Per-layer caches, prompt K/V in slots [0, Sp), each prompt repeated n: values
+    [B, K, S, Dh], keys the same or [B, K, Dh, S] when `keys_t`."""
+    def one(x, transposed):
         x = jnp.repeat(x.astype(dtype), n, axis=0).transpose(0, 2, 1, 3)  # [B, K, Sp, Dh]
-        pad = size - x.shape[2]
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
-        return constrain(x, CACHE_AXES, sharding)
-    return tuple(one(k[i]) for i in range(k.shape[0])), tuple(one(v[i]) for i in
-                                                              range(v.shape[0]))
+        pad = ((0, 0), (0, 0), (0, size - x.shape[2]), (0, 0))
+        if transposed:
+            x, pad = jnp.swapaxes(x, 2, 3), (pad[0], pad[1], pad[3], pad[2])
+        return constrain(jnp.pad(x, pad), KEY_CACHE_T_AXES if transposed else CACHE_AXES,
+                         sharding)
+    return (tuple(one(k[i], keys_t) for i in range(k.shape[0])),
+            tuple(one(v[i], False) for i in range(v.shape[0])))
 
 
-def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding):
+def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding, keys_t):
     """Feeds tokens [B] at positions pos [B]; returns next logits [B, V] and the new cache."""
     cache_k, cache_v = cache
     rows = jnp.arange(tokens.shape[0])
@@ -246,11 +250,16 @@ def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding):
     new_k, new_v = [], []
     for i, p in enumerate(layer_params):
         def attend(q, k, v, i=i):
-            ck = cache_k[i].at[rows, :, pos].set(k[:, 0].astype(cache_k[i].dtype))
+            # k[:, 0], v[:, 0]: [B, K, Dh], written at slot pos[b] of row b.
+            if keys_t:
+                ck = cache_k[i].at[rows, :, :, pos].set(k[:, 0].astype(cache_k[i].dtype))
+            else:
+                ck = cache_k[i].at[rows, :, pos].set(k[:, 0].astype(cache_k[i].dtype))
             cv = cache_v[i].at[rows, :, pos].set(v[:, 0].astype(cache_v[i].dtype))
             o = attn_lib.decode_attention(q[:, 0], ck, cv, pos + 1,
                                           sm_scale=cfg.head_dim ** -0.5,
-                                          impl=cfg.attention_impl, sharding=sharding)
+                                          impl=cfg.attention_impl, sharding=sharding,
+                                          keys_transposed=keys_t)
             return o[:, None], (ck, cv)
         x, (ck, cv) = decoder.block(p, x, pos[:, None], attend, cfg, sharding)
         new_k.append(ck)
@@ -261,8 +270,9 @@ def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding):
 
 def _generate(params, tokens, lens, key, *, cfg, sharding, n, max_new, sp, stops, pad_id,
               cache_dtype):
+    keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)  # at trace time
     k, v, logits = _prefill(params, tokens, lens, cfg, sharding)
-    cache = _init_cache(k, v, n, tokens.shape[1] + max_new, cache_dtype, sharding)
+    cache = _init_cache(k, v, n, tokens.shape[1] + max_new, cache_dtype, sharding, keys_t)
     logits = jnp.repeat(logits, n, axis=0)
     pos = jnp.repeat(lens, n)  # next free cache slot = position of the next token
     rows = logits.shape[0]
@@ -306,7 +316,7 @@ def _generate(params, tokens, lens, key, *, cfg, sharding, n, max_new, sp, stops
     def body(carry):
         state, cache, tok, step = carry
         logits, cache = _decode_step(layer_params, head_params, cache, tok,
-                                     pos + step - 1, cfg, sharding)
+                                     pos + step - 1, cfg, sharding, keys_t)
         state, tok = record(state, logits, step)
         return state, cache, tok, step + 1
 

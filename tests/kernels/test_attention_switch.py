@@ -93,6 +93,19 @@ def test_impl_follows_the_backend():
         attn.attention(q, k, v, seg, sm_scale=0.3, impl="pallas")
     with pytest.raises(ValueError, match="'cudnn' needs a GPU backend, got 'cpu'"):
         attn.attention(q, k, v, seg, sm_scale=0.3, impl="cudnn")
+    # Decode: the XLA impl takes keys [B, K, Dh, S] when asked to, the kernels refuse them.
+    assert attn.transposed_key_cache("auto")
+    lengths = jnp.array([5], jnp.int32)
+    kc, vc = (jnp.swapaxes(x, 1, 2) for x in (k, v))  # [B, K, S, Dh]
+    np.testing.assert_allclose(
+        attn.decode_attention(q[:, 4], jnp.swapaxes(kc, 2, 3), vc, lengths, sm_scale=0.3,
+                              keys_transposed=True),
+        attn.decode_attention(q[:, 4], kc, vc, lengths, sm_scale=0.3), rtol=1e-6)
+    with attn.interpret("gpu"):
+        assert not attn.transposed_key_cache("auto")
+        with pytest.raises(ValueError, match="takes keys \\[B, K, S, Dh\\]"):
+            attn.decode_attention(q[:, 4], kc, vc, lengths, sm_scale=0.3, impl="auto",
+                                  keys_transposed=True)
     with pytest.raises(ValueError, match="impl 'flash' is not available"):
         attn.attention(q, k, v, seg, sm_scale=0.3, impl="flash")
     with pytest.raises(ValueError, match="interpret platform 'cpu'"):
