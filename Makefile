@@ -17,9 +17,10 @@ $(VENV)/.core: $(PY) setup.py constraints.txt
 	$(PIP) -c constraints.txt -e .
 	touch $@
 
+# The tests include the RL step benchmark's cross-check against TRL, hence the bench extra.
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) $(TORCH)
-	$(PIP) -c constraints.txt -e ".[test]"
+	$(PIP) -c constraints.txt -e ".[test,bench]"
 	touch $@
 
 # The CPU demo: warm start + DAPO on a tiny model; prints held-out accuracy before / after RL
@@ -29,6 +30,9 @@ demo: $(VENV)/.core
 
 bench-sampler: $(VENV)/.test
 	JAX_PLATFORMS=cpu $(PY) -m r1jax.benchmarks.sampler
+
+bench-step: $(VENV)/.test
+	JAX_PLATFORMS=cpu $(PY) -m r1jax.benchmarks.step
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a pass.
 test: $(VENV)/.test

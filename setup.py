@@ -40,6 +40,8 @@ setup(
         # jax[tpu] brings libtpu, with which the tests compile the TPU kernels for real TPU
         # topologies on a CPU host.
         "test": ["pytest>=8", "torch>=2.5", "jax[tpu]>=0.8.1,<0.11"],
+        # TRL, the peer the RL step benchmark (python -m r1jax.benchmarks.step) runs against.
+        "bench": ["trl>=1.16,<2"],
         "tpu": ["jax[tpu]>=0.8.1,<0.11"],
         "cuda": ["jax[cuda12]>=0.8.1,<0.11"],
         "cuda13": ["jax[cuda13]>=0.8.1,<0.11"],
