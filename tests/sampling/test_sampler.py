@@ -161,3 +161,31 @@ def test_long_prompts_left_truncated_and_counted(hf_pair):
     assert out.prompt_ids[0] == long[-8:]
     same = sampler.generate([long[-8:], [5, 6]], temperature=0.0)
     np.testing.assert_array_equal(out.tokens, same.tokens)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_cache_slot_writes_equal_a_plain_scatter(dtype):
+    # The 16-bit path scatters raw bits; it must write exactly what .at[].set writes.
+    from r1jax.sampling.sampler import _write_slots
+    rng = np.random.default_rng(0)
+    cache = jnp.asarray(rng.normal(size=(5, 2, 7, 3)), dtype)
+    values = jnp.asarray(rng.normal(size=(5, 2, 3)), jnp.float32)  # cast by the write
+    rows, pos = jnp.arange(5), jnp.array([0, 6, 3, 3, 1])
+    for index, c in (((rows, slice(None), pos), cache),
+                     ((rows, slice(None), slice(None), pos), jnp.swapaxes(cache, 2, 3))):
+        got = _write_slots(c, index, values)
+        assert got.dtype == c.dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                      np.asarray(c.at[index].set(values.astype(c.dtype)),
+                                                 np.float32))
+
+
+def test_bf16_cache_logprobs_close_to_teacher_forced(hf_pair):
+    _, model = hf_pair
+    prompts = prompts_of((4, 9))
+    sampler = Sampler(model, max_prompt_len=32, max_new_tokens=T, cache_dtype="bfloat16")
+    out = sampler.generate(prompts, n=2, temperature=1.0, seed=2)
+    for b, comp in enumerate(out.completions()):
+        prompt = prompts[out.prompt_index[b]]
+        np.testing.assert_allclose(out.logprobs[b, :T],
+                                   teacher_forced_logprobs(model, prompt, comp), atol=0.05)
