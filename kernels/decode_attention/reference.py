@@ -28,12 +28,19 @@ def decode_attention_reference(q: jax.Array, k_cache: jax.Array, v_cache: jax.Ar
       [B, H, D] in q's dtype; scores, softmax and accumulation in float32.
     """
     b, h, d = q.shape
-    kh, s = k_cache.shape[1], k_cache.shape[2]
+    kh = k_cache.shape[1]
     if sm_scale is None:
         sm_scale = d ** -0.5
     qg = q.reshape(b, kh, h // kh, d)
     scores = jnp.einsum("bkgd,bksd->bkgs", qg, k_cache,
                         preferred_element_type=jnp.float32) * sm_scale
+    return attend_values(scores, v_cache, lengths).reshape(b, h, d).astype(q.dtype)
+
+
+def attend_values(scores: jax.Array, v_cache: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Softmax over the valid slots of float32 scores [B, K, G, S], applied to v_cache
+    [B, K, S, D]: [B, K, G, D] float32 (zeros for a row of length 0)."""
+    s = scores.shape[-1]
     valid = jnp.arange(s)[None, :] < lengths[:, None]
     scores = jnp.where(valid[:, None, None, :], scores, -jnp.inf)
     peak = jnp.max(scores, axis=-1, keepdims=True)
@@ -42,5 +49,4 @@ def decode_attention_reference(q: jax.Array, k_cache: jax.Array, v_cache: jax.Ar
     denom = jnp.sum(weights, axis=-1, keepdims=True)
     out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(v_cache.dtype), v_cache,
                      preferred_element_type=jnp.float32)
-    out = out / jnp.where(denom > 0, denom, 1.0)
-    return out.reshape(b, h, d).astype(q.dtype)
+    return out / jnp.where(denom > 0, denom, 1.0)

@@ -15,6 +15,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from r1jax.kernels.decode_attention.reference import attend_values
+
 
 def decode_attention_xla(q: jax.Array, k_cache_t: jax.Array, v_cache: jax.Array,
                          lengths: jax.Array, *, sm_scale: Optional[float] = None) -> jax.Array:
@@ -39,13 +41,4 @@ def decode_attention_xla(q: jax.Array, k_cache_t: jax.Array, v_cache: jax.Array,
     qg = q.reshape(b, kh, h // kh, d)
     scores = jnp.einsum("bkgd,bkds->bkgs", qg, k_cache_t,
                         preferred_element_type=jnp.float32) * sm_scale
-    valid = jnp.arange(s)[None, :] < lengths[:, None]
-    scores = jnp.where(valid[:, None, None, :], scores, -jnp.inf)
-    peak = jnp.max(scores, axis=-1, keepdims=True)
-    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
-    weights = jnp.exp(scores - peak)
-    denom = jnp.sum(weights, axis=-1, keepdims=True)
-    out = jnp.einsum("bkgs,bksd->bkgd", weights.astype(v_cache.dtype), v_cache,
-                     preferred_element_type=jnp.float32)
-    out = out / jnp.where(denom > 0, denom, 1.0)
-    return out.reshape(b, h, d).astype(q.dtype)
+    return attend_values(scores, v_cache, lengths).reshape(b, h, d).astype(q.dtype)
