@@ -57,7 +57,8 @@ def build_policy(spec: ModelSpec, sharding: Sharding, tokenizer: Any = None) -> 
 def build_source(source: str, *, recipe: Optional[str], data_dir: Optional[str],
                  limit: Optional[int], strict: bool, seed: int, num_generated: int,
                  task_options: dict, split: str = "train") -> Any:
-    """A PromptSource: a generated task ("countdown", "arithmetic") or a dataset."""
+    """A PromptSource: a generated task ("countdown", "arithmetic", "knights_knaves") or a
+    dataset."""
     from r1jax import data
     from r1jax.data.arithmetic import generate_arithmetic
     if source == "countdown":
@@ -65,6 +66,9 @@ def build_source(source: str, *, recipe: Optional[str], data_dir: Optional[str],
                                        **task_options)
     if source == "arithmetic":
         return generate_arithmetic(num_generated, split=split, **task_options)
+    if source == "knights_knaves":
+        from r1jax.data.knights_knaves import generate_knights_knaves
+        return generate_knights_knaves(num_generated, split=split, seed=seed, **task_options)
     return data.load_source(source, recipe=recipe, data_dir=data_dir, strict=strict,
                             limit=limit)
 

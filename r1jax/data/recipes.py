@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any, Callable, Optional, Union
 
+from r1jax.data.knights_knaves import knights_knaves_example
 from r1jax.data.sources import BadRow, DataError, PromptSource, load_examples
 from r1jax.rewards.accuracy import gold_answer_text, last_boxed
 
@@ -192,7 +193,7 @@ RECIPES = {
     "gsm8k": gsm8k, "math500": math500, "aime24": aime, "aime25": aime, "amc23": amc23,
     "minerva_math": minerva_math, "olympiadbench": olympiadbench, "dapo": dapo,
     "openr1_math": problem_solution_answer, "numina_math": problem_solution_answer,
-    "countdown": countdown_tasks,
+    "countdown": countdown_tasks, "knights_knaves": knights_knaves_example,
 }
 # name -> (recipe, file under the shared data folder): every file in ../shared/data.
 BENCHMARKS = {
@@ -249,7 +250,8 @@ def load_source(name_or_path: str, *, recipe: Union[str, Callable, None] = None,
     else:
         convert = recipe
     examples, stats = load_examples(path, convert, strict=strict, limit=limit)
-    task = "countdown" if convert is countdown_tasks else "math"
+    task = {countdown_tasks: "countdown", knights_knaves_example: "knights_knaves"}.get(
+        convert, "math")
     return PromptSource(name=name_or_path, task=task, examples=examples, stats=stats)
 
 

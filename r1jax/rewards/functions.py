@@ -13,7 +13,7 @@ import inspect
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from r1jax.rewards import accuracy, countdown, formatting, shaping
+from r1jax.rewards import accuracy, countdown, formatting, logic, shaping, steps
 
 RewardFn = Callable[..., float]
 
@@ -83,6 +83,26 @@ def language_reward(completion: str, example: Mapping[str, Any], length: Optiona
     return shaping.language_consistency(_full_text(completion, example), language)
 
 
+def knights_knaves_reward(completion: str, example: Mapping[str, Any],
+                          length: Optional[int], *, require_format: bool = True) -> float:
+    """Logic-RL's answer score (2 / -1.5 / -2) against `example["answer"]`, the K&K
+    `solution_text_format`; -2 for a malformed response unless require_format=False."""
+    return logic.knights_knaves_score(_full_text(completion, example), example["answer"],
+                                      require_format=require_format)
+
+
+def logic_format_reward(completion: str, example: Mapping[str, Any],
+                        length: Optional[int]) -> float:
+    """Logic-RL's format score: +1 for <think>..</think><answer>..</answer>, else -1."""
+    return logic.logic_format_reward(_full_text(completion, example))
+
+
+def reasoning_steps_reward(completion: str, example: Mapping[str, Any],
+                           length: Optional[int], *, target_steps: int = 3) -> float:
+    """open-r1's step-marker count, min(1, count / 3)."""
+    return steps.reasoning_steps(completion, target_steps=target_steps)
+
+
 REWARD_FUNCTIONS: Mapping[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": format_tags_reward,
@@ -92,6 +112,9 @@ REWARD_FUNCTIONS: Mapping[str, RewardFn] = {
     "cosine": cosine_reward,
     "repetition": repetition_reward,
     "language": language_reward,
+    "knights_knaves": knights_knaves_reward,
+    "logic_format": logic_format_reward,
+    "reasoning_steps": reasoning_steps_reward,
 }
 NEEDS_LENGTH = frozenset({"cosine"})
 
