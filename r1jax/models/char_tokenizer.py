@@ -20,6 +20,9 @@ def make_char_tokenizer(chars: str) -> Any:
       ValueError: empty `chars`.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from r1jax.models.transformers_logging import hide_no_torch_notice
+    hide_no_torch_notice()
     from transformers import PreTrainedTokenizerFast
 
     unique = sorted(set(chars))

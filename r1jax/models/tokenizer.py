@@ -19,5 +19,7 @@ def load_tokenizer(path: str) -> Any:
                ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
         raise FileNotFoundError(f"no tokenizer files (tokenizer.json, tokenizer_config.json, "
                                 f"vocab.json, tokenizer.model) in {path}")
+    from r1jax.models.transformers_logging import hide_no_torch_notice
+    hide_no_torch_notice()
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
