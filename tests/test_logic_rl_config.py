@@ -37,7 +37,7 @@ def test_tiny_without_the_shared_data_says_what_to_set(monkeypatch):
         load_config(CONFIG + ":tiny")
 
 
-def test_tiny_runs_through_the_command_line(data_dir, tmp_path, monkeypatch, capsys):
+def test_tiny_runs_through_the_command_line(data_dir, tmp_path, monkeypatch):
     from r1jax.train import main
     monkeypatch.setenv("R1JAX_DATA_DIR", data_dir)
     run_dir = tmp_path / "kk"
