@@ -39,9 +39,11 @@ setup(
     extras_require={
         # jax[tpu] brings libtpu, with which the tests compile the TPU kernels for real TPU
         # topologies on a CPU host.
-        "test": ["pytest>=8", "torch>=2.5", "jax[tpu]>=0.8.1,<0.11"],
+        "test": ["pytest>=8", "torch>=2.5", "jax[tpu]>=0.8.1,<0.11", "wandb>=0.19"],
         # TRL, the peer the RL step benchmark (python -m r1jax.benchmarks.step) runs against.
         "bench": ["trl>=1.16,<2"],
+        # Weights & Biases logging beside TensorBoard (train.wandb_project).
+        "wandb": ["wandb>=0.19"],
         "tpu": ["jax[tpu]>=0.8.1,<0.11"],
         "cuda": ["jax[cuda12]>=0.8.1,<0.11"],
         "cuda13": ["jax[cuda13]>=0.8.1,<0.11"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -467,9 +468,19 @@ class EvalConfig:
         _check(self.every >= 0, path, "every", "must be >= 0 (0 = only before and after)")
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The loop: steps, batch, where the run lives, checkpoints and logs."""
+    """The loop: steps, batch, where the run lives, checkpoints and logs.
+
+    wandb_project: also log metrics (and this config) to Weights & Biases under this project
+      (needs `pip install r1jax[wandb]`); None: off.
+    wandb_mode: "offline" (files under run_dir/wandb, `wandb sync` uploads them later),
+      "online" or "disabled".
+    wandb_run_name: the W&B run's display name (default: W&B picks one).
+    """
 
     steps: int = 100
     prompts_per_step: int = 16
@@ -484,6 +495,9 @@ class TrainConfig:
     export_hf: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    wandb_project: Optional[str] = None
+    wandb_mode: str = "offline"
+    wandb_run_name: Optional[str] = None
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 0, path, "steps", "must be >= 0")
@@ -493,6 +507,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, path, "checkpoint_every", "must be >= 0")
         _check(self.keep_checkpoints >= 1, path, "keep_checkpoints", "must be >= 1")
         _check(self.max_consecutive_skips >= 1, path, "max_consecutive_skips", "must be >= 1")
+        _check(self.wandb_mode in WANDB_MODES, path, "wandb_mode",
+               f"must be one of {WANDB_MODES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,69 +548,132 @@ def base_config() -> Any:
     """An ml_collections ConfigDict holding every RunConfig field at its default.
 
     Config files start from it and set what they change, so that the command line can
-    override any field (absl-style overrides can only set keys that exist).
+    override any field (absl-style overrides can only set keys that exist, and parse the
+    value by the type the key holds). A field whose default is None holds a typed
+    placeholder (`ml_collections.config_dict.placeholder`), so `--config.algo.clip_c=3.0`
+    parses a float and a config file may still assign a value or None to it; an optional
+    dict (`model.arch`) takes a Python literal. The reward functions are a tuple of dicts:
+    the command line replaces the whole list (a Python literal) or sets a key of one element
+    (`rewards.functions[0].weight=2.0`).
     """
     from ml_collections import ConfigDict
     defaults = {}
     for f in dataclasses.fields(RunConfig):
-        if f.name == "model":
-            defaults["model"] = {g.name: (g.default if g.default is not dataclasses.MISSING
-                                          else None) for g in dataclasses.fields(ModelSpec)}
-        else:
-            defaults[f.name] = to_dict(f.default)
+        section = typing.get_type_hints(RunConfig)[f.name]
+        default = None if f.default is dataclasses.MISSING else f.default
+        defaults[f.name] = _config_section(section, default)
     return ConfigDict(defaults)
+
+
+_PLACEHOLDER_TYPES = (bool, int, float, str)
+
+
+def _config_section(cls: type, default: Any) -> dict:
+    """The ConfigDict entries of one section: defaults, typed placeholders for None."""
+    from ml_collections import config_dict
+    hints = typing.get_type_hints(cls)
+    entries = {}
+    for f in dataclasses.fields(cls):
+        if default is not None:
+            value = getattr(default, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = None
+        tp = _is_optional(hints[f.name])[1]
+        if value is None:
+            # Any other optional type (a dict) takes a literal: {...} or None.
+            entries[f.name] = config_dict.placeholder(
+                tp if tp in _PLACEHOLDER_TYPES else object)
+        elif isinstance(value, tuple):
+            entries[f.name] = tuple(to_dict(v) if dataclasses.is_dataclass(v) else v
+                                    for v in value)
+        elif dataclasses.is_dataclass(value):
+            entries[f.name] = to_dict(value)
+        else:
+            # A float field keeps a float even if written `= 1`: the command line parses by it.
+            entries[f.name] = float(value) if tp is float else value
+    return entries
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
     """Loads `configs/x.py[:arg]` with absl-style overrides (`"optim.lr=1e-6"`).
 
     The same path the command-line tools take (`--config=configs/x.py:arg
-    --config.optim.lr=1e-6`), for tests and notebooks.
+    --config.optim.lr=1e-6`), for tests and notebooks. Values parse by the field's type;
+    `key=None` sets an optional field back to None.
     """
     from absl import flags
     from ml_collections import config_flags
+    from ml_collections.config_flags import config_path
     path = spec.split(":", 1)[0]
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
+    native, to_none = [], []
     for override in overrides:
-        check_key(override.split("=", 1)[0])
+        key, _, text = override.partition("=")
+        optional = _is_optional(check_key(key))[0]
+        if key in to_none:
+            to_none.remove(key)
+        if optional and text == "None":
+            to_none.append(key)  # absl's int / float / str parsers cannot say None
+        else:
+            native.append(override)
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "run config", flag_values=fv,
                                     lock_config=True)
-    argv = ["r1jax", f"--config={spec}"] + [f"--config.{o}" for o in overrides]
+    argv = ["r1jax", f"--config={spec}"] + [f"--config.{o}" for o in native]
     # config_flags reads the override list from sys.argv, not from the argv it is given.
     saved, sys.argv = sys.argv, argv
     try:
         fv(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        for key in to_none:
+            config_path.set_value(key, fv.config, None)
+    except (flags.Error, KeyError, AttributeError, IndexError, ValueError, TypeError) as e:
         raise ConfigError(f"config {spec}: {e}") from None
     finally:
         sys.argv = saved
     return run_config_from(fv.config)
 
 
-def check_key(dotted: str) -> None:
+def check_key(dotted: str) -> Any:
     """Raises ConfigError unless `dotted` (e.g. "optim.lr") names a RunConfig field.
 
-    Keys below a dict-valued field (model.arch, data.task_options, mesh.rules) are free.
+    Keys below a dict-valued field (model.arch, data.task_options, mesh.rules) are free; an
+    element of a tuple of sections is indexed: "rewards.functions[0].weight".
+
+    Returns:
+      The field's type hint (`Any` for a key below a dict-valued field).
     """
     cls: Any = RunConfig
     parts = dotted.split(".")
     for i, part in enumerate(parts):
+        name, index = re.fullmatch(r"(.*?)(\[\d+\])?", part).groups()
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in fields:
+        if name not in fields:
             where = ".".join(parts[:i]) or "config"
-            raise ConfigError(f"unknown config key '{dotted}' ('{where}' has no '{part}'; "
+            raise ConfigError(f"unknown config key '{dotted}' ('{where}' has no '{name}'; "
                               f"known: {', '.join(sorted(fields))})")
-        tp = _is_optional(typing.get_type_hints(cls)[part])[1]
+        hint = typing.get_type_hints(cls)[name]
+        tp = _is_optional(hint)[1]
+        if index is not None:
+            items = get_args(tp) if get_origin(tp) is tuple else ()
+            if not (items and dataclasses.is_dataclass(items[0])):
+                raise ConfigError(f"unknown config key '{dotted}' ('{name}' is not a list "
+                                  "of sections)")
+            hint = tp = items[0]
+        if i == len(parts) - 1:
+            return hint
         if dataclasses.is_dataclass(tp):
             cls = tp
-        elif i < len(parts) - 1 and not (tp is dict or get_origin(tp) is dict):
+        elif tp is dict or get_origin(tp) is dict:
+            return Any
+        else:
             raise ConfigError(f"unknown config key '{dotted}' ('{'.'.join(parts[:i + 1])}' "
                               "is not a section)")
-        else:
-            return
-    return
+    return cls
 
 
 def run_config_from(config_dict: Any) -> RunConfig:

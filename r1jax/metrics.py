@@ -1,8 +1,9 @@
-"""Where metrics go: a JSONL file, TensorBoard event files and the console.
+"""Where metrics go: a JSONL file, TensorBoard event files, Weights & Biases and the console.
 
 `run_dir/metrics.jsonl` gets one JSON object per step (`{"step": k, "<name>": value, ...}`);
-the same scalars go to TensorBoard under `run_dir/tb`; the console shows a progress bar with
-the main numbers. Every metric name is documented in README ("Metrics").
+the same scalars go to TensorBoard under `run_dir/tb` and, when a W&B project is set, to a
+W&B run (files under `run_dir/wandb`) whose config is the run config; the console shows a
+progress bar with the main numbers. Every metric name is documented in README ("Metrics").
 """
 
 from __future__ import annotations
@@ -27,12 +28,39 @@ def _scalar(v: Any) -> Optional[float]:
     return f
 
 
+def start_wandb(run_dir: str, project: str, mode: str, name: Optional[str],
+                config: Optional[Mapping[str, Any]]) -> Any:
+    """A W&B run writing under `run_dir/wandb`; `mode`: "online" or "offline".
+
+    Raises:
+      ImportError: wandb is not installed (it is the optional `wandb` extra).
+    """
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("train.wandb_project is set but wandb is not installed: "
+                          "pip install 'r1jax[wandb]' (or unset train.wandb_project)") from e
+    return wandb.init(project=project, mode=mode, name=name, dir=run_dir,
+                      config=dict(config or {}))
+
+
 class MetricsWriter:
-    """Writes per-step scalar metrics to JSONL, TensorBoard and a progress bar."""
+    """Writes per-step scalar metrics to JSONL, TensorBoard, W&B and a progress bar.
+
+    W&B is on when `wandb_project` is set and `wandb_mode` is not "disabled", and only on
+    process 0 (`process_index`); `config` (the run config as a dict) becomes the W&B config.
+    """
 
     def __init__(self, run_dir: str, *, total_steps: int, start_step: int = 0,
-                 tensorboard: bool = True, progress_bar: bool = True):
+                 tensorboard: bool = True, progress_bar: bool = True,
+                 wandb_project: Optional[str] = None, wandb_mode: str = "offline",
+                 wandb_run_name: Optional[str] = None,
+                 config: Optional[Mapping[str, Any]] = None, process_index: int = 0):
         os.makedirs(run_dir, exist_ok=True)
+        self._wandb = None  # first: a missing wandb fails before any file is opened
+        if wandb_project is not None and wandb_mode != "disabled" and process_index == 0:
+            self._wandb = start_wandb(run_dir, wandb_project, wandb_mode, wandb_run_name,
+                                      config)
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self._file = open(self.path, "a")
         self._tb = None
@@ -59,6 +87,8 @@ class MetricsWriter:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
         if self._bar is not None and advance:
             shown = {k.split("/")[0] if k.endswith("/mean") else k.split("/")[-1]:
                      f"{scalars[k]:.3g}" for k in CONSOLE_KEYS if k in scalars}
@@ -77,6 +107,8 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         if self._bar is not None:
             self._bar.close()
 

@@ -209,7 +209,11 @@ class Trainer:
         resumed = self.restore()
         writer = MetricsWriter(self.run_dir, total_steps=cfg.train.steps,
                                start_step=self.step, tensorboard=cfg.train.tensorboard,
-                               progress_bar=cfg.train.progress_bar)
+                               progress_bar=cfg.train.progress_bar,
+                               wandb_project=cfg.train.wandb_project,
+                               wandb_mode=cfg.train.wandb_mode,
+                               wandb_run_name=cfg.train.wandb_run_name, config=to_dict(cfg),
+                               process_index=jax.process_index())
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             if not resumed:

@@ -24,13 +24,73 @@ def test_dapo_32b_config_has_the_papers_hyper_parameters():
     assert c.rewards.functions[0].kwargs["wrong_reward"] == -1.0
 
 
-@pytest.mark.parametrize("name", ["demo_cpu.py", "demo_cpu.py:test",
-                                  "grpo_qwen2_5_math_1_5b_gsm8k.py",
-                                  "grpo_qwen2_5_math_1_5b_gsm8k.py:tiny",
-                                  "dapo_qwen2_5_math_7b.py", "dapo_qwen2_5_32b.py"])
-def test_every_config_file_loads_and_validates(name):
+# Each shipped config against the recipe its docstring states (and README's config table).
+DAPO = {  # the DAPO paper: clip-higher, token-mean, no KL, G = 16, 512 prompts, mu = 1
+    "algo.adv": "group", "algo.eps_low": 0.2, "algo.eps_high": 0.28, "algo.clip_c": None,
+    "algo.agg": "token-mean", "algo.kl_beta": 0.0, "algo.num_iterations": 1,
+    "algo.minibatches": 16, "algo.dynamic_sampling": True, "algo.max_num_gen_batches": 10,
+    "algo.overlong_filter": False, "algo.overlong_penalty_factor": 1.0,
+    "rollout.group_size": 16, "rollout.temperature": 1.0, "rollout.top_p": 1.0,
+    "train.prompts_per_step": 512, "train.gen_prompts_per_batch": 3 * 512,
+    "optim.lr": 1e-6, "optim.warmup_steps": 10, "data.recipe": "dapo",
+    "data.template": "plain", "rewards": [("accuracy", 1.0, "regex", -1.0)]}
+RECIPES = {
+    "demo_cpu.py": {  # warm start, then DAPO on addition with G = 8; greedy held-out eval
+        "model.char_vocab": "0123456789+=,", "model.arch.model_type": "qwen2",
+        "data.source": "arithmetic", "sft.steps": 200, "algo.adv": "group",
+        "algo.eps_low": 0.2, "algo.eps_high": 0.28, "algo.agg": "token-mean",
+        "algo.kl_beta": 0.0, "algo.dynamic_sampling": True, "algo.overlong_buffer_len": 8,
+        "rollout.group_size": 8, "train.steps": 200, "eval.source": "arithmetic",
+        "eval.limit": 256, "eval.temperature": 0.0,
+        "rewards": [("accuracy", 1.0, "answer_tag", None), ("format", 0.1, None, None)]},
+    "grpo_qwen2_5_math_1_5b_gsm8k.py": {  # GRPO: clip 0.2, seq-mean-token-mean, k3 KL 0.04
+        "model.path": "/models/Qwen2.5-Math-1.5B", "data.source": "gsm8k_train",
+        "data.template": "qwen_math", "algo.adv": "group", "algo.eps_low": 0.2,
+        "algo.eps_high": 0.2, "algo.agg": "seq-mean-token-mean", "algo.kl_beta": 0.04,
+        "algo.kl_kind": "k3", "algo.dynamic_sampling": False,
+        "algo.overlong_buffer_len": 0, "rollout.group_size": 8, "rollout.temperature": 1.0,
+        "rewards": [("accuracy", 1.0, "boxed", None), ("boxed", 0.1, None, None)]},
+    "dapo_qwen2_5_math_7b.py": {  # DAPO in a 4k context: 1k prompt + 3k response, 512 buffer
+        **DAPO, "model.path": "/models/Qwen2.5-Math-7B", "data.max_prompt_tokens": 1024,
+        "rollout.max_new_tokens": 3072, "algo.overlong_buffer_len": 512},
+    "dapo_qwen2_5_32b.py": {  # overlong buffer 4096 of 20480
+        **DAPO, "model.path": "/models/Qwen2.5-32B", "rollout.max_new_tokens": 20480,
+        "algo.overlong_buffer_len": 4096},
+}
+# Variants change sizes and budgets, never the algorithm.
+ALGORITHM = ("algo.adv", "algo.eps_low", "algo.eps_high", "algo.clip_c", "algo.agg",
+             "algo.ratio_level", "algo.kl_beta", "algo.kl_kind", "algo.num_iterations",
+             "algo.minibatches", "algo.dynamic_sampling", "algo.overlong_filter",
+             "rollout.temperature", "data.template", "rewards")
+
+
+def recipe_value(c, key):
+    """A config value by dotted key; "rewards" gives (name, weight, mode, wrong_reward)."""
+    if key == "rewards":
+        return [(f.name, f.weight, f.kwargs.get("mode"), f.kwargs.get("wrong_reward"))
+                for f in c.rewards.functions]
+    section, *rest = key.split(".")
+    value = getattr(c, section)
+    for part in rest:
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_configs_hold_their_documented_recipe(name):
     c = load_config(cfg_path(name))
-    assert c.rollout.group_size >= 1 and c.train.run_dir
+    got = {key: recipe_value(c, key) for key in RECIPES[name]}
+    assert got == RECIPES[name]
+
+
+@pytest.mark.parametrize("name", ["demo_cpu.py:test", "grpo_qwen2_5_math_1_5b_gsm8k.py:tiny"])
+def test_config_variants_keep_the_algorithm(name, request, monkeypatch):
+    if name.endswith(":tiny"):  # tiny variants read a tokenizer from the shared data
+        monkeypatch.setenv("R1JAX_DATA_DIR", request.getfixturevalue("data_dir"))
+    full, variant = load_config(cfg_path(name.split(":")[0])), load_config(cfg_path(name))
+    assert {k: recipe_value(variant, k) for k in ALGORITHM} == \
+        {k: recipe_value(full, k) for k in ALGORITHM}
+    assert variant.train.steps < full.train.steps
 
 
 def test_overrides_reach_the_typed_config():
