@@ -56,6 +56,16 @@ RECIPES = {
     "dapo_qwen2_5_32b.py": {  # overlong buffer 4096 of 20480
         **DAPO, "model.path": "/models/Qwen2.5-32B", "rollout.max_new_tokens": 20480,
         "algo.overlong_buffer_len": 4096},
+    "logic_rl_qwen2_5_7b_kk.py": {  # Logic-RL's GRPO script: 8 prompts, G = 16, k3 KL 0.001
+        "model.path": "/models/Qwen2.5-7B-Instruct", "data.source": "knights_knaves",
+        "data.template": "chat", "data.max_prompt_tokens": 400, "train.steps": 3600,
+        "train.prompts_per_step": 8, "rollout.group_size": 16, "rollout.temperature": 0.7,
+        "algo.adv": "group", "algo.eps_low": 0.2, "algo.eps_high": 0.2,
+        "algo.agg": "token-mean", "algo.kl_beta": 0.001, "algo.kl_kind": "k3",
+        "algo.minibatches": 1, "algo.num_iterations": 1, "algo.entropy_coef": 0.0,
+        "optim.lr": 4e-7, "optim.schedule": "constant", "optim.warmup_steps": 0,
+        "rewards.accuracy": "knights_knaves",
+        "rewards": [("logic_format", 1.0, None, None), ("knights_knaves", 1.0, None, None)]},
 }
 # Variants change sizes and budgets, never the algorithm.
 ALGORITHM = ("algo.adv", "algo.eps_low", "algo.eps_high", "algo.clip_c", "algo.agg",
@@ -76,6 +86,11 @@ def recipe_value(c, key):
     return value
 
 
+def test_every_shipped_config_has_a_recipe_here():
+    shipped = {f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
+    assert shipped == set(RECIPES)
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_shipped_configs_hold_their_documented_recipe(name):
     c = load_config(cfg_path(name))
@@ -83,7 +98,8 @@ def test_shipped_configs_hold_their_documented_recipe(name):
     assert got == RECIPES[name]
 
 
-@pytest.mark.parametrize("name", ["demo_cpu.py:test", "grpo_qwen2_5_math_1_5b_gsm8k.py:tiny"])
+@pytest.mark.parametrize("name", ["demo_cpu.py:test", "grpo_qwen2_5_math_1_5b_gsm8k.py:tiny",
+                                  "logic_rl_qwen2_5_7b_kk.py:tiny"])
 def test_config_variants_keep_the_algorithm(name, request, monkeypatch):
     if name.endswith(":tiny"):  # tiny variants read a tokenizer from the shared data
         monkeypatch.setenv("R1JAX_DATA_DIR", request.getfixturevalue("data_dir"))
