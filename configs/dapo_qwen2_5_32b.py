@@ -1,51 +1,39 @@
 """DAPO on DAPO-Math-17k with Qwen2.5-32B (base): the DAPO paper's recipe.
 
-The paper's hyper-parameters: clip-higher eps_low 0.2 / eps_high 0.28, token-level loss
-(token-mean), no KL term, G = 16 samples for each of 512 prompts a step, dynamic sampling
-(generation batches of 3 x 512 prompts until 512 informative groups), overlong reward shaping
-with a 4,096-token buffer before the 20,480-token limit (and no truncation filter), lr 1e-6
-with 10 warm-up steps, 16 gradient steps per rollout (mini-batches of 32 prompts), accuracy
-reward +1 / -1 on the "Answer:" line (the DAPO prompt asks for it).
+The paper's hyper-parameters (`r1jax.recipes.dapo`): clip-higher eps_low 0.2 / eps_high
+0.28, token-level loss (token-mean), no KL term, G = 16 samples for each of 512 prompts a
+step, dynamic sampling (generation batches of 3 x 512 prompts until 512 informative groups),
+overlong reward shaping with a 4,096-token buffer before the 20,480-token limit (and no
+truncation filter), lr 1e-6 with 10 warm-up steps, 16 gradient steps per rollout
+(mini-batches of 32 prompts), accuracy reward +1 / -1 on the "Answer:" line (the DAPO
+prompt asks for it).
 
 Needs a TPU pod (or a GPU cluster): 32B parameters in fp32 master weights with AdamW moments
 are ~390 GB, sharded FSDP x tensor over the mesh. Point data.source at the parquet file:
 
     r1jax-train --config=configs/dapo_qwen2_5_32b.py --config.model.path=/models/Qwen2.5-32B \\
         --config.data.source=/data/dapo-math-17k.parquet
+
+`tiny` (`r1jax.recipes.tiny_variant`) keeps the algorithm and shrinks the sizes for a CPU
+smoke run; it reads the Qwen2.5 tokenizer under $R1JAX_DATA_DIR.
 """
 
 from ml_collections import ConfigDict
 
+from r1jax import recipes
 from r1jax.config import base_config
-from r1jax.rewards.accuracy import DAPO_ANSWER_PATTERN
-
-
-def dapo_defaults(c: ConfigDict) -> ConfigDict:
-    """The DAPO settings shared by the DAPO configs."""
-    c.data.update(source="/data/dapo-math-17k.parquet", recipe="dapo", template="plain",
-                  max_prompt_tokens=2048)
-    c.rewards.functions = [dict(name="accuracy", weight=1.0,
-                                kwargs=dict(mode="regex", pattern=DAPO_ANSWER_PATTERN,
-                                            wrong_reward=-1.0))]
-    c.rewards.update(num_workers=32, timeout_s=30.0)
-    c.rollout.update(group_size=16, max_new_tokens=20480, temperature=1.0, top_p=1.0)
-    c.algo.update(adv="group", eps_low=0.2, eps_high=0.28, agg="token-mean", kl_beta=0.0,
-                  minibatches=16, dynamic_sampling=True, max_num_gen_batches=10,
-                  overlong_filter=False, overlong_buffer_len=4096,
-                  overlong_penalty_factor=1.0)
-    c.optim.update(lr=1e-6, warmup_steps=10, weight_decay=0.1, grad_clip=1.0)
-    c.train.update(prompts_per_step=512, gen_prompts_per_batch=1536, checkpoint_every=20)
-    return c
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    c = dapo_defaults(base_config())
+    c = recipes.dapo(base_config())
     c.model.update(path="/models/Qwen2.5-32B", param_dtype="float32", dtype="bfloat16",
                    remat="full", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=8)
     c.eval.update(source="aime24", n=32, temperature=1.0, top_p=0.7, every=20,
                   max_new_tokens=20480)
     c.train.update(steps=300, run_dir="runs/dapo_qwen2_5_32b")
-    if arg:
-        raise ValueError(f"unknown variant {arg!r}")
+    if arg == "tiny":
+        recipes.tiny_variant(c)
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

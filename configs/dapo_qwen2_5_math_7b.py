@@ -1,26 +1,23 @@
 """DAPO with Qwen2.5-Math-7B on DAPO-Math-17k.
 
-The DAPO recipe (see dapo_qwen2_5_32b.py) scaled to the 7B math model. Qwen2.5-Math-7B has a
-4,096-token context, so prompts get 1,024 tokens and responses 3,072, with a 512-token
-overlong buffer; everything else is the paper's.
+The DAPO recipe (`r1jax.recipes.dapo`, see dapo_qwen2_5_32b.py) scaled to the 7B math
+model. Qwen2.5-Math-7B has a 4,096-token context, so prompts get 1,024 tokens and responses
+3,072, with a 512-token overlong buffer; everything else is the paper's.
 
     r1jax-train --config=configs/dapo_qwen2_5_math_7b.py \\
         --config.model.path=/models/Qwen2.5-Math-7B --config.data.source=/data/dapo.parquet
-"""
 
-import os
-import sys
+`tiny` keeps the algorithm and shrinks the sizes for a CPU smoke run ($R1JAX_DATA_DIR).
+"""
 
 from ml_collections import ConfigDict
 
+from r1jax import recipes
 from r1jax.config import base_config
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dapo_qwen2_5_32b import dapo_defaults  # noqa: E402
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    c = dapo_defaults(base_config())
+    c = recipes.dapo(base_config())
     c.model.update(path="/models/Qwen2.5-Math-7B", param_dtype="float32", dtype="bfloat16",
                    remat="dots_no_batch", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
@@ -30,6 +27,8 @@ def get_config(arg: str = "") -> ConfigDict:
     c.eval.update(source="aime24", n=16, temperature=1.0, top_p=0.7, every=20,
                   max_new_tokens=3072)
     c.train.update(steps=300, run_dir="runs/dapo_qwen2_5_math_7b")
-    if arg:
-        raise ValueError(f"unknown variant {arg!r}")
+    if arg == "tiny":
+        recipes.tiny_variant(c)
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

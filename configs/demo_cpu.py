@@ -8,6 +8,7 @@
 
     r1jax-train --config=configs/demo_cpu.py           # full demo (~10 min on 2 cores)
     r1jax-train --config=configs/demo_cpu.py:test      # the test's shorter budget
+    r1jax-train --config=configs/demo_cpu.py:tiny      # a 2-step smoke run
 """
 
 from ml_collections import ConfigDict
@@ -38,6 +39,10 @@ def get_config(arg: str = "") -> ConfigDict:
     if arg == "test":
         c.train.steps = 60
         c.eval.every = 0
+    elif arg == "tiny":  # a smoke run: the same algorithm, 2 RL steps after 40 SFT steps
+        c.sft.steps = 40
+        c.eval.update(limit=16, every=0)
+        c.train.update(steps=2, checkpoint_every=0)
     elif arg:
-        raise ValueError(f"unknown demo_cpu variant {arg!r}; use '' or 'test'")
+        raise ValueError(f"unknown demo_cpu variant {arg!r}; use '', 'test' or 'tiny'")
     return c

@@ -61,7 +61,7 @@ def make_sft_update(cfg: ModelConfig, tx: optax.GradientTransformation,
             return -jnp.sum(logp * batch.mask) / jnp.maximum(tokens, 1.0)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        state, metrics = apply_update(state, grads, loss, tx)
+        state, metrics = apply_update(state, grads, loss, tx, tokens=jnp.sum(batch.mask))
         return state, {"sft/loss": loss, "sft/grad_norm": metrics["grad_norm"],
                        "sft/skipped": metrics["skipped"]}
 

@@ -26,6 +26,7 @@ from r1jax.evaluation.evaluate import evaluate, write_results
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
 from r1jax.models.decoder import Decoder
+from r1jax.models.tokenizer import stop_token_ids
 from r1jax.rl import dapo, steps
 from r1jax.rl.rollout import generate_batch
 from r1jax.sampling import Sampler
@@ -54,12 +55,16 @@ class Trainer:
         model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
         self.model_config = model.config
         self._source = (model.source_dir, model.source_config)
-        self.eos_id = self.tokenizer.eos_token_id
+        # Completions stop on the same tokens as in r1jax-eval (EOS, end-of-turn, the
+        # checkpoint's generation_config.json); the warm start ends solutions with EOS.
+        self.stop_ids = stop_token_ids(self.tokenizer, cfg.model.path)
+        self.eos_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None \
+            else self.stop_ids[0]
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.eos_id
         max_new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         self.sampler = Sampler(model, max_prompt_len=cfg.data.max_prompt_tokens,
-                               max_new_tokens=max_new, eos_token_ids=[self.eos_id],
+                               max_new_tokens=max_new, eos_token_ids=self.stop_ids,
                                pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts)
         self.pool = builder.build_reward_pool(cfg.rewards)
         shard, shards = builder.process_shard()
@@ -114,7 +119,8 @@ class Trainer:
 
     def save(self, wait: bool = False) -> None:
         meta = {"step": self.step, "summary": self.summary, "config": to_dict(self.cfg)}
-        self.checkpointer.save(self.step, self.rl.state, self.data.get_state(), meta)
+        self.checkpointer.save(self.step, self.rl.checkpoint_tree(), self.data.get_state(),
+                               meta)
         if wait:
             self.checkpointer.wait()
 
@@ -123,9 +129,9 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is None or not self.cfg.train.resume:
             return False
-        state, data_state, meta = self.checkpointer.restore(
-            latest, checkpoint.abstract_like(self.rl.state))
-        self.rl.state = state
+        tree, data_state, meta = self.checkpointer.restore(
+            latest, checkpoint.abstract_like(self.rl.checkpoint_tree()))
+        self.rl.load_checkpoint_tree(tree)
         self.data.set_state(data_state)
         self.step = int(meta["step"])
         self.summary = meta.get("summary", {})
@@ -192,7 +198,8 @@ class Trainer:
     def _check_skips(self, metrics: dict) -> None:
         """Stops (after a checkpoint) when too many steps in a row skipped every update."""
         algo = self.cfg.algo
-        if metrics["skipped_updates"] == algo.num_iterations * algo.minibatches:
+        attempted = algo.num_iterations * algo.minibatches - metrics["empty_minibatches"]
+        if metrics["skipped_updates"] >= attempted:
             self._consecutive_skips += 1
         else:
             self._consecutive_skips = 0

@@ -28,8 +28,22 @@ def _is_test(question: str, test_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") / 2**64 < test_fraction
 
 
-def worked_solution(terms: list[int]) -> str:
-    """Column addition: one `digits(+carry)=sum` step per column, units first."""
+# How a worked solution states its answer, matching the answer extraction of each recipe:
+# R1 tags (accuracy mode "answer_tag"), a final \boxed{} ("boxed", Qwen2.5-Math / GRPO
+# recipes), or DAPO's last line "Answer: ..." (mode "regex" with DAPO_ANSWER_PATTERN).
+ANSWER_FORMATS = ("tags", "boxed", "answer_line")
+
+
+def worked_solution(terms: list[int], answer_format: str = "tags") -> str:
+    """Column addition: one `digits(+carry)=sum` step per column, units first, then the
+    answer in `answer_format` (see ANSWER_FORMATS).
+
+    Raises:
+      ValueError: unknown answer_format.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got "
+                         f"{answer_format!r}")
     steps, carry, column = [], 0, 0
     while column == 0 or any(t // 10 ** column for t in terms):
         digits = [t // 10 ** column % 10 for t in terms if t // 10 ** column or column == 0]
@@ -38,12 +52,17 @@ def worked_solution(terms: list[int]) -> str:
         steps.append("+".join(parts) + f"={total}")
         carry = total // 10
         column += 1
-    return f"<think>{','.join(steps)}</think><answer>{sum(terms)}</answer>"
+    work = ",".join(steps)
+    if answer_format == "boxed":
+        return f"{work}. The answer is \\boxed{{{sum(terms)}}}."
+    if answer_format == "answer_line":
+        return f"{work}\nAnswer: {sum(terms)}"
+    return f"<think>{work}</think><answer>{sum(terms)}</answer>"
 
 
 def generate_arithmetic(num_examples: int, *, split: str = "train", terms: int = 2,
-                        digits: int = 2, test_fraction: float = 0.2,
-                        seed: int = 0) -> PromptSource:
+                        digits: int = 2, test_fraction: float = 0.2, seed: int = 0,
+                        answer_format: str = "tags") -> PromptSource:
     """Up to `num_examples` addition problems of one split, identical for the same arguments.
 
     Args:
@@ -53,6 +72,7 @@ def generate_arithmetic(num_examples: int, *, split: str = "train", terms: int =
       digits: digits per number (1..3): numbers are drawn from [0, 10**digits).
       test_fraction: share of the problem space that is held out.
       seed: order in which the split's problems are drawn.
+      answer_format: how solutions state the answer (ANSWER_FORMATS).
 
     Returns:
       a PromptSource of task "math"; examples have `id`, `question`, `answer` (the result as
@@ -63,6 +83,9 @@ def generate_arithmetic(num_examples: int, *, split: str = "train", terms: int =
     if terms < 2 or not 1 <= digits <= 3 or num_examples < 1:
         raise ValueError(f"need terms >= 2, 1 <= digits <= 3, num_examples >= 1; got "
                          f"{terms}, {digits}, {num_examples}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got "
+                         f"{answer_format!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
@@ -80,7 +103,7 @@ def generate_arithmetic(num_examples: int, *, split: str = "train", terms: int =
             continue
         seen.add(question)
         examples.append({"id": f"arith-{split}-{len(examples)}", "question": question,
-                         "answer": str(sum(nums)), "solution": worked_solution(nums)})
+                         "answer": str(sum(nums)), "solution": worked_solution(nums, answer_format)})
         if len(examples) == num_examples:
             break
     stats = LoadStats(path=f"arithmetic(split={split}, terms={terms}, digits={digits})",

@@ -10,7 +10,6 @@ the parameters, never leaves the disk), straight into the evaluation mesh's shar
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional
 
@@ -21,12 +20,8 @@ from r1jax.config import ModelConfig, RunConfig, from_dict
 from r1jax.models import Decoder, load_hf, load_tokenizer, model_config_from_hf
 from r1jax.models.decoder import abstract_params, param_shardings
 from r1jax.models.hf_io import read_hf_config
+from r1jax.models.tokenizer import stop_token_ids as tokenizer_stop_ids
 from r1jax.sharding import Sharding, merge_rules
-
-# End-of-turn / end-of-text tokens of the supported families: a chat-templated prompt
-# makes an instruct model end its answer with the end-of-turn token, not the tokenizer's EOS.
-_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
-
 
 class PolicyError(ValueError):
     """A policy that cannot be evaluated: tokenizer and model disagree, saved parameters do
@@ -55,20 +50,15 @@ class Policy:
 
 
 def stop_token_ids(tokenizer: Any, model_dir: Optional[str] = None) -> list[int]:
-    """The tokenizer's EOS, the family's end-of-turn tokens it has, and the model
-    directory's generation_config.json `eos_token_id` (an int or a list)."""
-    ids = set() if tokenizer.eos_token_id is None else {int(tokenizer.eos_token_id)}
-    added = tokenizer.get_added_vocab()
-    ids.update(added[t] for t in _STOP_TOKENS if t in added)
-    path = os.path.join(model_dir, "generation_config.json") if model_dir else None
-    if path and os.path.exists(path):
-        with open(path) as f:
-            eos = json.load(f).get("eos_token_id")
-        ids.update(int(t) for t in (eos if isinstance(eos, list) else [eos]) if t is not None)
-    if not ids:
-        raise PolicyError("the tokenizer has no EOS token and no end-of-turn token: "
-                         "completions could never stop")
-    return sorted(ids)
+    """`r1jax.models.tokenizer.stop_token_ids`, the rule the trainer uses too.
+
+    Raises:
+      PolicyError: no token could ever end a completion.
+    """
+    try:
+        return tokenizer_stop_ids(tokenizer, model_dir)
+    except ValueError as e:
+        raise PolicyError(str(e)) from None
 
 
 def _check_vocab(tokenizer: Any, cfg: ModelConfig, what: str) -> None:

@@ -69,11 +69,8 @@ class RLSteps:
         self.batch_sharding = NamedSharding(sharding.mesh, P(sharding.batch_axes or None))
         self.param_sharding = param_shardings(model_cfg, sharding)
         self.state = {"params": params}
-        self.reset_optimizer()
         self.ref_params = None
-        if algo.kl_beta > 0:
-            self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
-                                      out_shardings=self.param_sharding)(params)
+        self.reset_optimizer()
         update = make_update_fn(model_cfg, algo, self.tx, sharding, 1.0,
                                 self.max_response_len)
         self._update = jax.jit(update, donate_argnums=0,
@@ -84,8 +81,30 @@ class RLSteps:
     def params(self) -> Any:
         return self.state["params"]
 
+    def checkpoint_tree(self) -> dict:
+        """The device state a checkpoint holds: the train state and, with kl_beta > 0, the
+        frozen reference (`"reference"`), so that a resumed run keeps the same reference."""
+        tree = dict(self.state)
+        if self.ref_params is not None:
+            tree["reference"] = self.ref_params
+        return tree
+
+    def load_checkpoint_tree(self, tree: dict) -> None:
+        """Inverse of `checkpoint_tree` (arrays already in this run's shardings)."""
+        tree = dict(tree)
+        self.ref_params = tree.pop("reference", None)
+        self.state = tree
+
     def reset_optimizer(self) -> None:
-        """Fresh optimizer state (and update counter) for the current parameters."""
+        """Fresh optimizer state (and update counter) for the current parameters.
+
+        With kl_beta > 0 the current parameters also become the frozen reference policy
+        (the policy RL starts from: after the warm start when there is one). The copy is
+        taken before the optimizer initialisation donates the parameters.
+        """
+        if self.cfg.algo.kl_beta > 0:
+            self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                      out_shardings=self.param_sharding)(self.state["params"])
         replicated = NamedSharding(self.sharding.mesh, P())
         abstract = jax.eval_shape(self.tx.init, self.state["params"])
         opt_sharding = like_params(abstract, self.param_sharding, replicated)
@@ -152,15 +171,8 @@ class RLSteps:
                 self.state, metrics = self._update(self.state, batch.rows(m * rows,
                                                                           (m + 1) * rows))
                 collected.append(dict(metrics, lr=lr))
-        host = jax.device_get(collected)
-        out = {f"policy/{k}": float(np.mean([c[k] for c in host])) for k in host[0]
-               if k not in ("skipped", "tokens", "sequences", "lr", "grad_norm")}
-        out["grad_norm"] = float(np.mean([c["grad_norm"] for c in host]))
-        out["lr"] = host[-1]["lr"]
-        out["skipped_updates"] = float(sum(c["skipped"] for c in host))
-        out["batch/tokens"] = float(host[0]["tokens"]) * algo.minibatches
-        out["batch/rows"] = float(jnp.sum(batch.valid_rows))
-        return out
+        return summarize_updates(jax.device_get(collected), algo.minibatches,
+                                 float(jnp.sum(batch.valid_rows)))
 
     def run_sft(self, iterator, cfg: SFTConfig, tokenizer, eos_id: int, pad_id: int,
                 max_completion: int) -> dict:
@@ -187,6 +199,25 @@ class RLSteps:
         losses = [float(x) for x in jax.device_get(losses)]
         return {"loss": losses[-1], "first_loss": losses[0], "steps": cfg.steps,
                 "seconds": time.perf_counter() - start}
+
+
+def summarize_updates(host: list[dict], minibatches: int, rows: float) -> dict:
+    """The step's update metrics from each optimizer step's (host) metrics, in order.
+
+    `policy/*` and `grad_norm` average the minibatches that had valid tokens (an empty one
+    changes nothing and is counted in `empty_minibatches`); `batch/tokens` is the number of
+    valid tokens of the whole batch (one pass); `lr` the last optimizer step's.
+    """
+    used = [c for c in host if not c["empty"]] or host
+    out = {f"policy/{k}": float(np.mean([c[k] for c in used])) for k in host[0]
+           if k not in ("skipped", "empty", "tokens", "sequences", "lr", "grad_norm")}
+    out["grad_norm"] = float(np.mean([c["grad_norm"] for c in used]))
+    out["lr"] = host[-1]["lr"]
+    out["skipped_updates"] = float(sum(c["skipped"] for c in host))
+    out["empty_minibatches"] = float(sum(c["empty"] for c in host))
+    out["batch/tokens"] = float(sum(c["tokens"] for c in host[:minibatches]))
+    out["batch/rows"] = rows
+    return out
 
 
 def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:

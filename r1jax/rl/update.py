@@ -5,7 +5,8 @@ sampler reads (one set of weights, no copy between rollout and update). One opti
 takes a minibatch split into `microbatches` pieces; each piece divides its loss by the
 denominator of the WHOLE minibatch (`losses.loss_denominator`), so the summed gradient equals
 the whole-batch gradient in every aggregation mode. A non-finite loss or gradient skips the
-update (params and optimizer state unchanged) and reports `skipped = 1`.
+update (params and optimizer state unchanged) and reports `skipped = 1`; so does a minibatch
+without a valid token (`empty = 1`), which dynamic sampling short of its target can leave.
 
 A batch (`RLBatch`) holds prompt + completion sequences laid out as
 `[left-padded prompt (width Pw) | completion right-padded to T]`, so that the hidden states
@@ -132,11 +133,16 @@ def accumulate_grads(loss_fn, params: Any, batch: Any, microbatches: int):
     return loss, sums, grads
 
 
-def apply_update(state: State, grads: Any, loss: jax.Array,
-                 tx: optax.GradientTransformation) -> tuple[State, dict[str, jax.Array]]:
-    """One optimizer step; skipped (state kept, `skipped` = 1) on a non-finite loss/grad."""
+def apply_update(state: State, grads: Any, loss: jax.Array, tx: optax.GradientTransformation,
+                 tokens: Optional[jax.Array] = None) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer step, or none: the state is returned bitwise unchanged (parameters,
+    optimizer moments and counts, `step`) when the loss or gradient is non-finite
+    (`skipped` = 1) or when the minibatch has no valid token (`tokens` = 0, `empty` = 1):
+    a zero gradient would still move AdamW's momentum and advance the schedule."""
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    nonempty = jnp.bool_(True) if tokens is None else tokens > 0
+    ok = finite & nonempty
     safe = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
     updates, opt_state = tx.update(safe, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -144,7 +150,8 @@ def apply_update(state: State, grads: Any, loss: jax.Array,
     new_state = {"params": keep(params, state["params"]),
                  "opt_state": keep(opt_state, state["opt_state"]),
                  "step": state["step"] + ok.astype(jnp.int32)}
-    return new_state, {"grad_norm": grad_norm, "skipped": 1.0 - ok.astype(jnp.float32)}
+    return new_state, {"grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32),
+                       "empty": 1.0 - nonempty.astype(jnp.float32)}
 
 
 def make_update_fn(cfg: ModelConfig, algo: AlgoConfig, tx: optax.GradientTransformation,
@@ -162,7 +169,7 @@ def make_update_fn(cfg: ModelConfig, algo: AlgoConfig, tx: optax.GradientTransfo
         loss, sums, grads = accumulate_grads(loss_fn, state["params"], batch,
                                              algo.microbatches)
         sums = dict(sums, loss=loss)
-        state, opt_metrics = apply_update(state, grads, loss, tx)
+        state, opt_metrics = apply_update(state, grads, loss, tx, tokens=sums["tokens"])
         metrics = dict(losses.summarize_metrics(sums), **opt_metrics)
         return state, metrics
 
