@@ -98,8 +98,7 @@ def test_shipped_configs_hold_their_documented_recipe(name):
     assert got == RECIPES[name]
 
 
-@pytest.mark.parametrize("name", ["demo_cpu.py:test", "grpo_qwen2_5_math_1_5b_gsm8k.py:tiny",
-                                  "logic_rl_qwen2_5_7b_kk.py:tiny"])
+@pytest.mark.parametrize("name", ["demo_cpu.py:test"] + [f"{n}:tiny" for n in sorted(RECIPES)])
 def test_config_variants_keep_the_algorithm(name, request, monkeypatch):
     if name.endswith(":tiny"):  # tiny variants read a tokenizer from the shared data
         monkeypatch.setenv("R1JAX_DATA_DIR", request.getfixturevalue("data_dir"))
