@@ -1,6 +1,5 @@
 """group_advantages against hand-computed GRPO / Dr. GRPO / batch-std / RLOO values."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -73,10 +72,49 @@ def test_group_of_one_gets_a_equals_r():
                                r / (1.5275252 + 1e-6), rtol=1e-6)
 
 
-def test_jit_matches_eager():
-    r = np.array([1.0, 0.0, 0.5, 0.5, 0.2, 0.9], np.float32)
-    f = jax.jit(advantages.group_advantages, static_argnums=(1, 2))
-    np.testing.assert_allclose(f(r, 2, "group"), advantages.group_advantages(r, 2), rtol=1e-6)
+def test_rloo_divided_by_group_or_batch_std():
+    r = np.array([1.0, 0.0, 0.0, 1.0, 5.0, 5.0, 5.0, 7.0])
+    # RLOO values: group 1 +-2/3 (see test_rloo); group 2: 5 - (5 + 5 + 7) / 3 = -2/3 (x3),
+    # 7 - (5 + 5 + 5) / 3 = 2. Group stds (Bessel): sqrt(1/3) = 0.5773503 and 1.
+    a = advantages.group_advantages(r, 4, "group", baseline="rloo")
+    np.testing.assert_allclose(a, [1.1546985, -1.1546985, -1.1546985, 1.1546985,
+                                   -0.6666660, -0.6666660, -0.6666660, 1.9999980], rtol=1e-6)
+    # Batch std: mean 3, squares 4 + 9 + 9 + 4 + 4 + 4 + 4 + 16 = 54, / 7 -> 2.7774603.
+    a = advantages.group_advantages(r, 4, "batch", baseline="rloo")
+    np.testing.assert_allclose(a, [0.2400273, -0.2400273, -0.2400273, 0.2400273,
+                                   -0.2400273, -0.2400273, -0.2400273, 0.7200820], rtol=1e-6)
+
+
+def formula(rewards: np.ndarray, g: int, scale: str, baseline: str) -> np.ndarray:
+    """The estimators as the papers write them, in float64, one group at a time."""
+    out = []
+    for r in rewards.reshape(-1, g):
+        if baseline == "mean":  # GRPO (Shao et al. 2024), Dr. GRPO (Liu et al. 2025)
+            centred = r - r.mean()
+        else:  # RLOO (Ahmadian et al. 2024): the mean of the other G - 1 rewards
+            centred = np.array([r[i] - np.delete(r, i).mean() for i in range(g)])
+        if scale == "group":
+            centred = centred / (np.std(r, ddof=1) + 1e-6)
+        elif scale == "batch":
+            centred = centred / (np.std(rewards, ddof=1) + 1e-6)
+        out.append(centred)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("baseline", ["mean", "rloo"])
+def test_mixed_reward_patterns_follow_the_formulas(scale, baseline):
+    # Groups of 5: one right; all right (exactly 0); four right; DAPO +-1 rewards; a
+    # continuous (format + accuracy) pattern; all wrong (exactly 0).
+    r = np.array([0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, -1, 1, -1, -1, 1,
+                  0.1, 1.1, 0.0, 1.0, 0.1, 0, 0, 0, 0, 0], np.float32)
+    a = np.asarray(advantages.group_advantages(r, 5, scale, baseline=baseline))
+    np.testing.assert_allclose(a, formula(r.astype(np.float64), 5, scale, baseline),
+                               rtol=2e-6, atol=1e-6)
+    assert np.all(a[5:10] == 0.0) and np.all(a[25:] == 0.0)
+    # The lone right answer is pushed up, the lone wrong one down, the rest the other way.
+    assert a[2] > 0 and np.all(np.delete(a[:5], 2) < 0)
+    assert a[12] < 0 and np.all(np.delete(a[10:15], 2) > 0)
 
 
 def test_bad_input_raises():
