@@ -22,11 +22,10 @@ shared public data (found through $R1JAX_DATA_DIR) and 2-3 person puzzles, for a
 run of the same algorithm and rewards.
 """
 
-import os
-
 from ml_collections import ConfigDict
 
-from r1jax.config import ConfigError, base_config
+from r1jax import recipes
+from r1jax.config import base_config
 
 # Logic-RL's system prompt (its data/kk/instruct prompts).
 LOGIC_RL_SYSTEM = (
@@ -37,18 +36,6 @@ LOGIC_RL_SYSTEM = (
     "asks you to solve a logical reasoning problem. After thinking, when you finally reach a "
     "conclusion, clearly state the identity of each character within <answer> </answer> "
     "tags. i.e., <answer> (1) Zoey is a knight\n(2) ... </answer>.")
-
-
-def shared_data(relative: str) -> str:
-    """`$R1JAX_DATA_DIR/relative`, or a ConfigError that says what to set."""
-    root = os.environ.get("R1JAX_DATA_DIR")
-    if not root:
-        raise ConfigError("the tiny variant reads the Qwen2.5 tokenizer of the shared public "
-                          "data: set R1JAX_DATA_DIR to the folder holding tokenizers/")
-    path = os.path.join(root, relative)
-    if not os.path.exists(path):
-        raise ConfigError(f"{path} does not exist (from R1JAX_DATA_DIR={root})")
-    return path
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -72,8 +59,8 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(steps=3600, prompts_per_step=8, run_dir="runs/logic_rl_qwen2_5_7b_kk",
                    checkpoint_every=100)
     if arg == "tiny":
-        c.model.update(path=None, dtype="float32", remat="none",
-                       tokenizer=shared_data("tokenizers/qwen2.5_derived"),
+        c.model.update(path=None,
+                       tokenizer=recipes.shared_data("tokenizers/qwen2.5_derived"),
                        arch=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2, vocab_size=151936,

@@ -79,6 +79,8 @@ class Trainer:
         self.checkpointer = checkpoint.Checkpointer(
             os.path.join(self.run_dir, "checkpoints"), keep=cfg.train.keep_checkpoints,
             async_save=cfg.train.async_checkpoint)
+        self.sft_checkpointer = checkpoint.Checkpointer(
+            os.path.join(self.run_dir, "sft_checkpoints"), keep=1, async_save=False)
         self.step = 0
         self.summary: dict = {}
         self._stop_requested = False
@@ -139,16 +141,38 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------------------------
-    def warm_start(self, writer: MetricsWriter) -> None:
-        """Supervised cold start on the training examples' worked solutions."""
+    def warm_start(self, writer: MetricsWriter) -> bool:
+        """Supervised cold start on the training examples' worked solutions.
+
+        Continues from the warm start's own checkpoint (`run_dir/sft_checkpoints`) when a
+        preempted run left one. Returns False when SIGTERM stopped it: the warm start's
+        state (parameters, its optimizer, data position) is saved before returning.
+        """
         s = self.cfg.sft
         it = make_prompt_iterator(self.train_source, self.tokenizer, self._template(),
                                   s.batch_size, s.seed, *builder.process_shard(),
                                   max_prompt_tokens=self.cfg.data.max_prompt_tokens)
-        sft_metrics = self.rl.run_sft(it, s, self.tokenizer, self.eos_id, self.pad_id,
-                                      self.cfg.rollout.max_new_tokens)
+        start, state = 0, None
+        latest = self.sft_checkpointer.latest_step() if self.cfg.train.resume else None
+        if latest is not None:
+            state, data_state, _ = self.sft_checkpointer.restore(
+                latest, self.rl.abstract_sft_state(s))
+            it.set_state(data_state)
+            start = latest
+            writer.note(f"warm start resumed at SFT step {start}")
+        sft_metrics, stopped = self.rl.run_sft(
+            it, s, self.tokenizer, self.eos_id, self.pad_id, self.cfg.rollout.max_new_tokens,
+            start=start, state=state, stop=lambda: self._stop_requested)
         self.summary["sft"] = sft_metrics
+        if stopped is not None:
+            done = sft_metrics["steps"]
+            writer.note(f"SIGTERM: saving the warm start at SFT step {done} and exiting")
+            self.sft_checkpointer.save(done, stopped, it.get_state(),
+                                       {"sft_step": done, "config": to_dict(self.cfg)})
+            self.sft_checkpointer.wait()
+            return False
         writer.note(f"warm start: {s.steps} SFT steps, final loss {sft_metrics['loss']:.4f}")
+        return True
 
     def collect(self, step: int) -> tuple[list, dict]:
         """Generation batches until the step's groups are gathered (DAPO dynamic sampling)."""
@@ -224,26 +248,34 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             if not resumed:
-                if cfg.sft.steps:
-                    self.warm_start(writer)
+                if cfg.sft.steps and not self.warm_start(writer):
+                    self.summary["stopped_at"] = self.step
+                    self.summary["stopped_in"] = "sft"
+                    return self.summary
                 self.rl.reset_optimizer()
                 self.summary["eval_before"] = self.evaluate("before_rl")
                 self._print_eval("before RL", self.summary["eval_before"], writer)
                 self._log_eval(writer, self.summary["eval_before"])
                 self.save(wait=True)
+            if self.summary.pop("pending_eval", None) == self.step:
+                # The evaluation a preempted run owed at this step, run after its save.
+                self._log_eval(writer, self.evaluate(f"step_{self.step}"))
             while self.step < cfg.train.steps:
                 metrics = self.train_step(self.step)
                 self.step += 1
                 writer.write(self.step, metrics)
                 self._check_skips(metrics)
-                if cfg.eval.every and self.step % cfg.eval.every == 0 \
-                        and self.step < cfg.train.steps:
-                    self._log_eval(writer, self.evaluate(f"step_{self.step}"))
-                if self._stop_requested:
+                eval_due = bool(cfg.eval.every and self.step % cfg.eval.every == 0
+                                and self.step < cfg.train.steps)
+                if self._stop_requested:  # save first: an evaluation may outlast the grace
                     writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
+                    if eval_due:
+                        self.summary["pending_eval"] = self.step
                     self.save(wait=True)
                     self.summary["stopped_at"] = self.step
                     return self.summary
+                if eval_due:
+                    self._log_eval(writer, self.evaluate(f"step_{self.step}"))
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     self.save()
             self.summary["eval_after"] = self.evaluate("after_rl")
@@ -262,6 +294,7 @@ class Trainer:
     def close(self) -> None:
         self.pool.close()
         self.checkpointer.close()
+        self.sft_checkpointer.close()
 
     def export(self, out_dir: str) -> str:
         """Writes the current policy as a Hugging Face directory (atomically)."""

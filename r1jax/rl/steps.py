@@ -174,31 +174,63 @@ class RLSteps:
         return summarize_updates(jax.device_get(collected), algo.minibatches,
                                  float(jnp.sum(batch.valid_rows)))
 
-    def run_sft(self, iterator, cfg: SFTConfig, tokenizer, eos_id: int, pad_id: int,
-                max_completion: int) -> dict:
-        """`cfg.steps` supervised steps on (prompt, solution) batches; returns last metrics.
-
-        The SFT optimizer state is dropped afterwards; `reset_optimizer` starts RL's.
-        """
-        from r1jax.sft import make_sft_update, sft_batch
+    def sft_program(self, cfg: SFTConfig) -> tuple[Any, Any, Any]:
+        """(init, update, state shardings) of the warm start's own optimizer."""
+        from r1jax.sft import make_sft_update
         tx = sft_optimizer(cfg)
+        replicated = NamedSharding(self.sharding.mesh, P())
+        abstract = jax.eval_shape(tx.init, self.state["params"])
+        shardings = {"params": self.param_sharding,
+                     "opt_state": like_params(abstract, self.param_sharding, replicated),
+                     "step": replicated}
         init = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.int32(0)},
-                       donate_argnums=0)
-        sft_state = init(self.state["params"])
-        sft_update = jax.jit(make_sft_update(self.model_cfg, tx, self.sharding),
-                             donate_argnums=0)
-        losses, start = [], time.perf_counter()
-        for _ in range(cfg.steps):
+                       donate_argnums=0, out_shardings=shardings)
+        update = jax.jit(make_sft_update(self.model_cfg, tx, self.sharding),
+                         donate_argnums=0, out_shardings=(shardings, None))
+        return init, update, shardings
+
+    def abstract_sft_state(self, cfg: SFTConfig) -> Any:
+        """ShapeDtypeStructs (with shardings) of the warm start's state, for a restore."""
+        init, _, shardings = self.sft_program(cfg)
+        shapes = jax.eval_shape(init, self.state["params"])
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, shardings)
+
+    def run_sft(self, iterator, cfg: SFTConfig, tokenizer, eos_id: int, pad_id: int,
+                max_completion: int, *, start: int = 0, state: Any = None,
+                stop: Optional[Any] = None) -> tuple[dict, Optional[Any]]:
+        """Supervised steps `start` .. `cfg.steps - 1` on (prompt, solution) batches.
+
+        Args:
+          state: the warm start's state to continue from (a restored checkpoint), else a
+            fresh one over the current parameters.
+          stop: a callable asked after every step; when it says True the loop ends there.
+
+        Returns:
+          (metrics, None) when all steps ran: the policy parameters are the result and the
+          SFT optimizer state is dropped (`reset_optimizer` starts RL's); or (metrics,
+          state) when `stop` ended it early, `metrics["steps"]` being the steps done, for
+          the caller to save.
+        """
+        from r1jax.sft import sft_batch
+        init, sft_update, _ = self.sft_program(cfg)
+        sft_state = init(self.state["params"]) if state is None else state
+        losses, started, step = [], time.perf_counter(), start
+        while step < cfg.steps:
             batch = sft_batch(next(iterator), tokenizer, eos_id=eos_id, pad_id=pad_id,
                               max_prompt=self.cfg.data.max_prompt_tokens,
                               max_completion=max_completion)
             sft_state, metrics = sft_update(sft_state,
                                             jax.device_put(batch, self.batch_sharding))
             losses.append(metrics["sft/loss"])
-        self.state = {"params": jax.device_put(sft_state["params"], self.param_sharding)}
-        losses = [float(x) for x in jax.device_get(losses)]
-        return {"loss": losses[-1], "first_loss": losses[0], "steps": cfg.steps,
-                "seconds": time.perf_counter() - start}
+            step += 1
+            if stop is not None and step < cfg.steps and stop():
+                break
+        losses = [float(x) for x in jax.device_get(losses)] or [float("nan")]
+        out = {"loss": losses[-1], "first_loss": losses[0], "steps": step,
+               "seconds": time.perf_counter() - started}
+        self.state = {"params": sft_state["params"]}
+        return out, (sft_state if step < cfg.steps else None)
 
 
 def summarize_updates(host: list[dict], minibatches: int, rows: float) -> dict:
