@@ -1,90 +1,142 @@
-"""`r1jax-eval` end to end on a tiny random Qwen2 with the full Qwen2.5 vocabulary over a
-slice of MATH-500, and its errors for bad flags and paths."""
+"""`r1jax-eval` end to end on Qwen2 models with the full Qwen2.5 vocabulary over slices of
+MATH-500 and GSM8K: one whose every completion is known (weights built so that it writes a
+fixed answer), graded right for the problems whose gold it equals and wrong elsewhere, as
+math-verify says independently; and its errors for bad flags and paths."""
 
 import json
 import math
 import os
 import shutil
 
+import math_verify
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from r1jax.data import load_benchmark
 from r1jax.evaluation.cli import main
 from r1jax.evaluation.policy import stop_token_ids
 from r1jax.models import load_tokenizer
-from r1jax.rewards import extract_answer, math_accuracy
 from tests.hf_models import make_hf_model
 
-LIMIT, N, MAX_NEW = 8, 2, 24
+LIMIT, N, MAX_NEW = 20, 2, 24
+BENCHMARKS = ("math500", "gsm8k")
+# What the model writes after every prompt. 6/2 is right for a gold of 3 only when the grader
+# compares values, not strings.
+COMPLETION = "The answer is $\\boxed{\\frac{6}{2}}$."
+# By hand from the shared data: among the first 20 problems, MATH-500 #19 and GSM8K #1 have
+# the gold answer 3 (MATH-500 #8 is 3\\sqrt{13}); all others are something else.
+RIGHT = {"math500": {19}, "gsm8k": {1}}
+
+
+def write_fixed_answer_model(path, tokenizer_dir):
+    """A transformers Qwen2 (hidden 64, 2 layers) whose next token depends only on the
+    current one and walks "\\n" (the last prompt token) -> COMPLETION -> <|im_end|>.
+
+    Attention and MLP outputs are zeroed (o_proj, down_proj), so the last hidden state is
+    RMSNorm(embedding). Chain token i embeds as the unit vector e_i and the lm_head row of
+    its successor is 10 e_i: that successor's logit is 10 x 8 = 80, every other logit is 0,
+    so greedy decoding and temperature-1 sampling (probability ~1 - V e^-80) emit the chain.
+    """
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    chain = ([tok.encode("assistant\n", add_special_tokens=False)[-1]]
+             + tok.encode(COMPLETION, add_special_tokens=False) + [im_end])
+    assert len(set(chain)) == len(chain)  # a bigram walk needs distinct tokens
+    model = make_hf_model("qwen2", vocab=len(tok), tied=False, seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for i, (current, successor) in enumerate(zip(chain[:-1], chain[1:])):
+            model.model.embed_tokens.weight[current] = 0.0
+            model.model.embed_tokens.weight[current, i] = 1.0
+            model.lm_head.weight[successor, i] = 10.0
+    model.save_pretrained(path)
+    for name in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, name), path)
+    return len(chain) - 2  # completion tokens before <|im_end|>
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, qwen_tokenizer_dir):
-    """transformers' Qwen2 (hidden 64, tied embeddings, vocab = the tokenizer's 151,665)."""
-    path = tmp_path_factory.mktemp("qwen_tiny")
-    make_hf_model("qwen2", vocab=151665, tied=True, seed=0).save_pretrained(path)
-    for name in os.listdir(qwen_tokenizer_dir):
-        shutil.copy(os.path.join(qwen_tokenizer_dir, name), path)
-    return str(path)
+    path = tmp_path_factory.mktemp("qwen_fixed_answer")
+    completion_tokens = write_fixed_answer_model(path, qwen_tokenizer_dir)
+    return str(path), completion_tokens
 
 
 @pytest.fixture(scope="module")
-def math500_run(model_dir, data_dir, tmp_path_factory):
+def eval_run(model_dir, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    rc = main([f"--model={model_dir}", "--benchmarks=math500", f"--data_dir={data_dir}",
-               f"--limit={LIMIT}", f"--n={N}", "--temperature=1.0", f"--max_new_tokens={MAX_NEW}",
-               "--mesh=1,1,1", "--batch_size=8", "--seed=3", f"--out_dir={out}",
-               "--no_progress"])
+    rc = main([f"--model={model_dir[0]}", f"--benchmarks={','.join(BENCHMARKS)}",
+               f"--data_dir={data_dir}", f"--limit={LIMIT}", f"--n={N}", "--temperature=1.0",
+               f"--max_new_tokens={MAX_NEW}", "--mesh=1,1,1", "--batch_size=8", "--seed=3",
+               f"--out_dir={out}", "--no_progress"])
     assert rc == 0
-    with open(out / "math500.json") as f:
-        report = json.load(f)
-    with open(out / "math500.samples.jsonl") as f:
-        samples = [json.loads(line) for line in f]
+    reports, samples = {}, {}
+    for name in BENCHMARKS:
+        with open(out / f"{name}.json") as f:
+            reports[name] = json.load(f)
+        with open(out / f"{name}.samples.jsonl") as f:
+            samples[name] = [json.loads(line) for line in f]
     with open(out / "overall.json") as f:
         overall = json.load(f)
-    return report, samples, overall
+    return reports, samples, overall
 
 
-def test_writes_report_and_samples_for_each_problem(math500_run, data_dir):
-    report, samples, overall = math500_run
-    gold = load_benchmark("math500", data_dir=data_dir, limit=LIMIT)
-    assert report["problems"] == LIMIT and report["samples_per_problem"] == N
-    assert len(samples) == LIMIT * N
-    assert [(s["id"], s["sample"]) for s in samples] == [
-        (g["id"], j) for g in gold for j in range(N)]
-    for s, g in zip(samples, [g for g in gold for _ in range(N)]):
-        assert s["gold"] == g["answer"]
-        assert s["prompt"].endswith(g["question"] + "<|im_end|>\n<|im_start|>assistant\n")
-        assert "put your final answer within \\boxed{}" in s["prompt"]
-        assert 1 <= s["tokens"] <= MAX_NEW and (s["tokens"] == MAX_NEW or not s["truncated"])
-    assert report["settings"]["template"] == "qwen_math" and report["benchmark"] == "math500"
-    assert overall["benchmarks"] == ["math500"] and overall["problems"] == LIMIT
-    assert overall["weighted"]["pass@1"] == report["pass@1"]
+def math_verify_verdict(completion: str, gold: str) -> bool:
+    """math-verify's own verdict, without r1jax's extraction or gold handling."""
+    return bool(math_verify.verify(math_verify.parse(f"${gold}$"),
+                                   math_verify.parse(completion)))
 
 
-def test_verdicts_agree_with_math_verify(math500_run):
-    _, samples, _ = math500_run
-    for s in samples:
-        assert s["correct"] == (math_accuracy(s["completion"], s["gold"], mode="auto") == 1.0)
-        assert s["extracted"] == extract_answer(s["completion"], "auto")
+def test_writes_report_and_samples_for_each_problem(eval_run, model_dir, data_dir):
+    reports, samples, overall = eval_run
+    for name in BENCHMARKS:
+        report, rows = reports[name], samples[name]
+        gold = load_benchmark(name, data_dir=data_dir, limit=LIMIT)
+        assert report["problems"] == LIMIT and report["samples_per_problem"] == N
+        assert [(s["id"], s["sample"]) for s in rows] == [
+            (g["id"], j) for g in gold for j in range(N)]
+        for s, g in zip(rows, [g for g in gold for _ in range(N)]):
+            assert s["gold"] == g["answer"]
+            assert s["prompt"].endswith(g["question"] + "<|im_end|>\n<|im_start|>assistant\n")
+            assert "put your final answer within \\boxed{}" in s["prompt"]
+            # The known completion, stopped by <|im_end|> (counted in the length).
+            assert s["completion"] == COMPLETION
+            assert s["tokens"] == model_dir[1] + 1 and not s["truncated"]
+            assert s["extracted"] == "\\frac{6}{2}"
+        assert report["settings"]["template"] == "qwen_math" and report["benchmark"] == name
+    assert overall["benchmarks"] == list(BENCHMARKS) and overall["problems"] == 2 * LIMIT
 
 
-def test_report_numbers_follow_from_the_samples(math500_run):
-    report, samples, _ = math500_run
-    by_problem = {}
-    for s in samples:
-        by_problem.setdefault(s["id"], []).append(s)
-    counts = [sum(s["correct"] for s in group) for group in by_problem.values()]
-    for k in (1, 2):
-        expected = np.mean([1 - math.comb(N - c, k) / math.comb(N, k) for c in counts])
-        assert report[f"pass@{k}"] == pytest.approx(expected, abs=1e-12)
-    assert report["mean_response_tokens"] == pytest.approx(np.mean([s["tokens"] for s in samples]))
-    assert report["truncation_rate"] == pytest.approx(np.mean([s["truncated"] for s in samples]))
-    assert report["no_answer_rate"] == pytest.approx(
-        np.mean([s["extracted"] is None for s in samples]))
-    # A random model: its samples differ from each other and (almost surely) score nothing.
-    assert len({s["completion"] for s in samples}) == len(samples)
+def test_verdicts_are_math_verify_s_on_real_golds(eval_run):
+    _, samples, _ = eval_run
+    for name in BENCHMARKS:
+        for i, s in enumerate(samples[name]):
+            expected = i // N in RIGHT[name]
+            assert math_verify_verdict(s["completion"], str(s["gold"])) is expected, s["gold"]
+            assert s["correct"] is expected, (name, i // N, s["gold"])
+
+
+def test_report_numbers_follow_from_the_verdicts(eval_run, model_dir):
+    reports, samples, overall = eval_run
+    for name in BENCHMARKS:
+        report = reports[name]
+        # One problem of 20 right with both samples: pass@1 = pass@2 = maj@2 = 1/20.
+        for key in ("pass@1", "pass@2", "maj@1", "maj@2"):
+            assert report[key] == pytest.approx(1 / LIMIT, abs=1e-12), key
+        counts = [sum(s["correct"] for s in samples[name][p * N:(p + 1) * N])
+                  for p in range(LIMIT)]
+        assert report["pass@2"] == pytest.approx(
+            np.mean([1 - math.comb(N - c, 2) / math.comb(N, 2) for c in counts]), abs=1e-12)
+        assert report["mean_response_tokens"] == model_dir[1] + 1
+        assert report["truncation_rate"] == 0.0 and report["no_answer_rate"] == 0.0
+    assert overall["weighted"]["pass@1"] == pytest.approx(1 / LIMIT)
+    assert overall["macro"]["pass@1"] == pytest.approx(1 / LIMIT)
 
 
 def run_main(argv, capsys):
@@ -93,6 +145,7 @@ def run_main(argv, capsys):
 
 
 def test_missing_paths_and_bad_flags_are_clear_errors(tmp_path, data_dir, model_dir, capsys):
+    model_dir = model_dir[0]
     base = ["--benchmarks=math500", f"--data_dir={data_dir}", f"--out_dir={tmp_path}/o"]
     rc, err = run_main([f"--model={tmp_path}/nope"] + base, capsys)
     assert rc == 2 and f"--model: directory does not exist: {tmp_path}/nope" in err
