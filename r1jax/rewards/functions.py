@@ -13,7 +13,7 @@ import inspect
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from r1jax.rewards import accuracy, countdown, formatting, logic, shaping, steps
+from r1jax.rewards import accuracy, code, countdown, formatting, logic, shaping, steps
 
 RewardFn = Callable[..., float]
 
@@ -103,6 +103,17 @@ def reasoning_steps_reward(completion: str, example: Mapping[str, Any],
     return steps.reasoning_steps(completion, target_steps=target_steps)
 
 
+def code_reward(completion: str, example: Mapping[str, Any], length: Optional[int], *,
+                mode: str = "all_or_nothing", timeout_s: float = 4.0,
+                total_timeout_s: float = 8.0, memory_mb: int = 1024,
+                require_fence: bool = False) -> float:
+    """`code_tests`: the last code block run against the example's tests in a sandbox (1 / 0,
+    or the fraction passed). The pool's `timeout_s` must exceed `total_timeout_s`."""
+    return code.code_tests(completion, example, mode=mode, timeout_s=timeout_s,
+                           total_timeout_s=total_timeout_s, memory_mb=memory_mb,
+                           require_fence=require_fence)
+
+
 REWARD_FUNCTIONS: Mapping[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": format_tags_reward,
@@ -115,6 +126,7 @@ REWARD_FUNCTIONS: Mapping[str, RewardFn] = {
     "knights_knaves": knights_knaves_reward,
     "logic_format": logic_format_reward,
     "reasoning_steps": reasoning_steps_reward,
+    "code": code_reward,
 }
 NEEDS_LENGTH = frozenset({"cosine"})
 
