@@ -42,3 +42,45 @@ def assert_close(actual: jax.Array, expected: jax.Array, dtype: str, what: str) 
     err = float(np.max(np.abs(actual - expected)))
     assert err <= TOLERANCE[dtype] * scale, (
         f"{what}: max abs error {err:.3g} > {TOLERANCE[dtype]} x max |ref| {scale:.3g}")
+
+
+def torch_attention(q, k, v, segment_ids, sm_scale, causal=True):
+    """Attention by torch's scaled_dot_product_attention, the outside reference: torch
+    tensors [B, S, H, Dh] (autograd flows through), K heads repeated to H (query head h
+    reads KV head h // G), key j visible to query i iff same segment (and j <= i)."""
+    import torch
+
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    seg = torch.tensor(np.asarray(segment_ids))
+    s = seg.shape[1]
+    mask = seg[:, :, None] == seg[:, None, :]
+    if causal:
+        mask = mask & torch.tril(torch.ones(s, s, dtype=torch.bool))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None],
+                                                           scale=sm_scale)
+    return out.transpose(1, 2)
+
+
+def torch_attention_np(q, k, v, segment_ids, sm_scale, causal=True) -> np.ndarray:
+    """`torch_attention` of JAX / numpy arrays (upcast to float32), as numpy."""
+    import torch
+
+    q, k, v = (torch.tensor(np.asarray(x, np.float32)) for x in (q, k, v))
+    return torch_attention(q, k, v, segment_ids, sm_scale, causal).numpy()
+
+
+def torch_decode(q, k_cache, v_cache, lengths, sm_scale) -> np.ndarray:
+    """q [B, H, Dh] against slots [0, lengths[b]) of caches [B, K, S, Dh] by torch's
+    scaled_dot_product_attention (float32); zeros for a row of length 0."""
+    import torch
+
+    q, k, v = (torch.tensor(np.asarray(x, np.float32)) for x in (q, k_cache, v_cache))
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    lengths = torch.tensor(np.asarray(lengths))
+    valid = torch.arange(k.shape[2])[None, :] < lengths[:, None]  # [B, S]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None], k, v, attn_mask=valid[:, None, None], scale=sm_scale)[:, :, 0]
+    return torch.where((lengths > 0)[:, None, None], out, 0.0).numpy()

@@ -20,7 +20,8 @@ from r1jax.models import attention as attn
 from r1jax.models.decoder import Decoder, forward
 from r1jax.sharding import Sharding, make_mesh
 from tests.hf_models import hf_logits, left_padded_batch, make_hf_model
-from tests.kernels.parity import normal, packed_segments
+from tests.kernels.parity import (normal, packed_segments, torch_attention, torch_attention_np,
+                                  torch_decode)
 
 FP32_ATOL = 1e-4  # logits of transformers vs r1jax in float32 (as levanter)
 GRAD_RTOL = 1e-4  # gradient error relative to the largest |gradient| of that tensor
@@ -192,32 +193,6 @@ def test_packed_logits_and_gradients_match_transformers(hf_qwen2, path, tmp_path
 # (c) The attention calls against torch's scaled_dot_product_attention.
 
 
-def torch_attention(q, k, v, seg, sm_scale):
-    """[B, S, H, Dh] torch tensors, causal attention within segments; K heads repeated to H
-    (query head h reads KV head h // G)."""
-    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    seg = torch.tensor(np.asarray(seg))
-    s = seg.shape[1]
-    mask = torch.tril(torch.ones(s, s, dtype=torch.bool)) & (seg[:, :, None] == seg[:, None, :])
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None],
-                                                           scale=sm_scale)
-    return out.transpose(1, 2)
-
-
-def torch_decode(q, k_cache, v_cache, lengths, sm_scale):
-    """q [B, H, Dh] against slots [0, lengths[b]) of caches [B, K, S, Dh]; zeros if empty."""
-    q, k, v = (torch.tensor(np.asarray(x, np.float32)) for x in (q, k_cache, v_cache))
-    g = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    lengths = torch.tensor(np.asarray(lengths))
-    valid = torch.arange(k.shape[2])[None, :] < lengths[:, None]  # [B, S]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q[:, :, None], k, v, attn_mask=valid[:, None, None], scale=sm_scale)[:, :, 0]
-    return torch.where((lengths > 0)[:, None, None], out, 0.0).numpy()
-
-
 def assert_close_to(actual, expected, rtol, what):
     actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
     assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
@@ -252,11 +227,6 @@ def test_kernels_in_shard_map_under_a_mesh_match_torch():
         assert_close_to(g, t.grad.numpy(), 2e-5, name)
 
 
-def torch_attention_from_jax(q, k, v, seg, sm_scale):
-    q, k, v = (torch.tensor(np.asarray(x, np.float32)) for x in (q, k, v))
-    return torch_attention(q, k, v, seg, sm_scale).numpy()
-
-
 @pytest.mark.parametrize("path", PATHS)
 def test_attention_of_each_path_matches_torch(path):
     impl, platform = PATHS[path]
@@ -266,7 +236,7 @@ def test_attention_of_each_path_matches_torch(path):
     seg = packed_segments(2, 20)
     with interpreted(platform):
         out = attn.attention(q, k, v, seg, sm_scale=0.3, impl=impl)
-    assert_close_to(out, torch_attention_from_jax(q, k, v, seg, 0.3), 2e-5, "output")
+    assert_close_to(out, torch_attention_np(q, k, v, seg, 0.3), 2e-5, "output")
 
 
 @pytest.mark.parametrize("path", PATHS)

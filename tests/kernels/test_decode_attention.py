@@ -1,6 +1,7 @@
 """Ragged decode-attention kernels (TPU Mosaic, GPU Triton, run in interpret mode on CPU) and
-the XLA implementation over transposed keys, against the pure-jnp reference. Every batch holds the lengths 0 (defined: zeros), 1, the full
-cache and one in between."""
+the XLA implementation over transposed keys, against the pure-jnp reference, and the
+reference against torch's scaled_dot_product_attention. Every batch holds the lengths 0
+(defined: zeros), 1, the full cache and one in between."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from r1jax.kernels.decode_attention import (BlockSizes, decode_attention_reference,
                                             decode_attention_xla, gpu, tpu)
-from tests.kernels.parity import assert_close, normal
+from tests.kernels.parity import assert_close, normal, torch_decode
 
 KERNELS = {"tpu": tpu.decode_attention, "gpu": gpu.decode_attention}
 PLATFORMS = ["tpu", "gpu", "xla"]
@@ -34,6 +35,19 @@ CASES = [
     ("bfloat16", 7, 64, 48),
     ("bfloat16", 1, 128, 44),
 ]
+
+
+@pytest.mark.parametrize("groups,head_dim,slots", sorted({c[1:] for c in CASES}))
+def test_reference_matches_torch(groups, head_dim, slots):
+    kv_heads, b = 2, 4
+    keys = jax.random.split(jax.random.key(slots + groups + head_dim), 3)
+    q = normal(keys[0], (b, groups * kv_heads, head_dim), "float32")
+    k, v = (normal(x, (b, kv_heads, slots, head_dim), "float32") for x in keys[1:])
+    lengths = jnp.array([0, 1, slots, slots // 2 + 3], jnp.int32)
+    for scale in (None, 0.3):  # None: the default 1 / sqrt(D)
+        out = decode_attention_reference(q, k, v, lengths, sm_scale=scale)
+        assert_close(out, torch_decode(q, k, v, lengths, scale or head_dim ** -0.5),
+                     "float32", f"output, sm_scale={scale}")
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

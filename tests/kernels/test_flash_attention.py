@@ -1,17 +1,20 @@
 """Flash-attention kernels (TPU Mosaic, GPU Triton, run in interpret mode on CPU) and the XLA
 implementation with its hand-written backward, against the pure-jnp reference: outputs, and
 dq, dk, dv against the autodiff gradients of the reference (float32, on the same rounded
-inputs)."""
+inputs). The reference itself, on the same cases, against torch's
+scaled_dot_product_attention and autograd."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+import torch
 
 from r1jax.kernels.flash_attention import (BlockSizes, flash_attention_reference,
                                            flash_attention_xla, gpu, tpu)
-from tests.kernels.parity import assert_close, normal, packed_segments
+from tests.kernels.parity import assert_close, normal, packed_segments, torch_attention
 
 KERNELS = {"tpu": tpu.flash_attention, "gpu": gpu.flash_attention}
 # 16-row tiles: several query and key tiles, and causal tile skipping, even at S = 32.
@@ -57,6 +60,27 @@ def _check(platform, dtype, groups, head_dim, seq, *, causal=True, sm_scale=None
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert g.dtype == q.dtype
         assert_close(g, ref_g, dtype, name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("groups,head_dim,seq", sorted({c[1:] for c in CASES}))
+def test_reference_and_its_gradients_match_torch(groups, head_dim, seq, causal):
+    """The reference the kernels are held to, in float32, against PyTorch."""
+    kv_heads = 2 if groups == 1 else 1
+    b, h = 2, groups * kv_heads
+    rng = np.random.default_rng(seq + groups + head_dim)
+    q, do = (rng.normal(size=(b, seq, h, head_dim)).astype(np.float32) for _ in range(2))
+    k, v = (rng.normal(size=(b, seq, kv_heads, head_dim)).astype(np.float32) for _ in range(2))
+    seg = packed_segments(b, seq)
+    out, vjp = jax.vjp(lambda q, k, v: flash_attention_reference(
+        q, k, v, seg, causal=causal, sm_scale=0.3), q, k, v)
+    grads = vjp(jnp.asarray(do))
+    tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+    ref = torch_attention(tq, tk, tv, seg, 0.3, causal=causal)
+    ref.backward(torch.tensor(do))
+    assert_close(out, ref.detach().numpy(), "float32", "output")
+    for name, g, t in zip(("dq", "dk", "dv"), grads, (tq, tk, tv)):
+        assert_close(g, t.grad.numpy(), "float32", name)
 
 
 @pytest.mark.parametrize("platform", ["tpu", "gpu", "xla"])
