@@ -105,8 +105,9 @@ def test_resumed_run_keeps_the_reference(make_config, tmp_path):
 def test_empty_minibatches_leave_params_moments_and_step_bitwise_unchanged(make_config):
     """Dynamic sampling short of prompts_per_step: with 4 minibatches the padding rows fill
     whole minibatches; updating on them would move AdamW's moments and the schedule."""
-    cfg = make_config(algo=dict(minibatches=4, dynamic_sampling=True, max_num_gen_batches=1,
+    cfg = make_config(algo=dict(minibatches=4, dynamic_sampling=True, max_num_gen_batches=2,
                                 min_train_prompts=1),
+                      sft=dict(steps=40, batch_size=16, lr=1e-2),
                       rollout=dict(group_size=4), train=dict(steps=1, prompts_per_step=8,
                                                              gen_prompts_per_batch=8))
     trainer = Trainer(cfg)
@@ -142,9 +143,10 @@ def expected_stop_ids(tokenizer_dir: str, extra_eos: list) -> set:
     """From the files themselves: tokenizer_config's eos_token, the token the chat template
     closes an assistant turn with, generation_config's eos_token_id."""
     conf = json.load(open(os.path.join(tokenizer_dir, "tokenizer_config.json")))
-    by_content = {v["content"]: int(k) for k, v in conf["added_tokens_decoder"].items()}
-    assert "{{- '<|im_end|>\\n' }}" in conf["chat_template"] or \
-        "'<|im_end|>' + '\\n'" in conf["chat_template"]
+    added = json.load(open(os.path.join(tokenizer_dir, "tokenizer.json")))["added_tokens"]
+    by_content = {t["content"]: t["id"] for t in added}
+    # Both templates close every turn with <|im_end|> right after the message content.
+    assert "+ '<|im_end|>" in conf["chat_template"]
     return {by_content[conf["eos_token"]], by_content["<|im_end|>"], *extra_eos}
 
 
