@@ -154,7 +154,9 @@ def _bwrap_argv(python: str, limits: Limits) -> list:
     argv = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session",
             "--ro-bind", "/usr", "/usr"]
-    if os.geteuid() != 0:  # root keeps its capabilities until the prelude drops to nobody
+    if os.geteuid() == 0:  # root keeps only what the prelude needs to become nobody
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
         argv.append("--unshare-user")
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -186,10 +188,13 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
-def _prelude_args(limits: Limits) -> list:
-    uid = NOBODY if os.geteuid() == 0 else os.getuid()
+def _prelude_args(limits: Limits, kind: str) -> list:
+    if kind == "bwrap" and os.geteuid() != 0:
+        running = 1  # in its own user namespace the count starts afresh (bwrap's init)
+    else:
+        running = _user_tasks(NOBODY if os.geteuid() == 0 else os.getuid())
     return [str(max(1, int(limits.cpu_s + 0.999))), str(limits.memory_mb << 20),
-            str(_user_tasks(uid) + limits.processes), str(limits.open_files),
+            str(running + limits.processes), str(limits.open_files),
             str(limits.file_size_mb << 20)]
 
 
@@ -206,7 +211,7 @@ class Sandbox:
         self.started = time.monotonic()
         self.deadline = self.started + limits.wall_s
         self._workdir = None
-        cmd = [python, "-I", "-B", "-c", _PRELUDE] + _prelude_args(limits)
+        cmd = [python, "-I", "-B", "-c", _PRELUDE] + _prelude_args(limits, kind)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         if kind == "bwrap":
             cmd, cwd = _bwrap_argv(python, limits) + cmd[1:], "/"

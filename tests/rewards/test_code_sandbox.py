@@ -4,8 +4,12 @@ The rlimits fallback does not isolate the file system, the network or same-user 
 (r1jax.rewards.sandbox says so); those tests are skipped for it with that reason.
 """
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import textwrap
 import time
 import uuid
@@ -239,3 +243,50 @@ def test_killing_its_parent_harms_nothing_outside(kind):
         """)
     assert result.returncode != 0 or result.stdout.startswith(b"refused")
     assert os.getpid() > 0 and not sandbox_processes()  # still here, nothing left behind
+
+
+UNPRIVILEGED_CALLER = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("sandbox_copy", sys.argv[1])
+sb = importlib.util.module_from_spec(spec)
+sys.modules["sandbox_copy"] = sb
+spec.loader.exec_module(sb)
+kind = sb.sandbox_kind(sys.argv[2])
+fork_bomb = ("import os\nfor _ in range(200):\n    try:\n        os.fork()\n"
+             "    except OSError:\n        break\nprint('x', flush=True)\n")
+bomb = sb.run_python(fork_bomb, limits=sb.Limits(wall_s=10, processes=4), kind=kind)
+look = sb.run_python("import os\nprint(os.getuid(), *sorted(os.listdir('/')))", kind=kind)
+print(json.dumps({"kind": kind, "processes": bomb.stdout.count(b"x"),
+                  "look": look.stdout.decode().split()}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv")
+                    or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root (to become nobody), setpriv and /usr/bin/python3")
+def test_a_normal_user_gets_the_same_limits_and_isolation():
+    """The non-root code path (bwrap in a user namespace, or the fallback's own uid)."""
+    folder = tempfile.mkdtemp()  # pytest's tmp_path sits in a folder only root may enter
+    module = os.path.join(folder, "sandbox_copy.py")
+    shutil.copy(sandbox.__file__, module)
+    os.chmod(folder, 0o755)
+    os.chmod(module, 0o644)
+    try:
+        _run_as_nobody(module)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _run_as_nobody(module):
+    for kind in (["bwrap"] if BWRAP_PROBLEM is None else []) + ["rlimits"]:
+        out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534",
+                              "--clear-groups", "/usr/bin/python3", "-c", UNPRIVILEGED_CALLER,
+                              module, kind], capture_output=True, text=True, timeout=60,
+                             cwd="/")
+        if kind == "bwrap" and "does not work here" in out.stderr:
+            pytest.skip("unprivileged user namespaces are off here")
+        report = json.loads(out.stdout.splitlines()[-1])
+        assert report["kind"] == kind and report["look"][0] == "65534"
+        assert 1 <= report["processes"] <= 5  # init + 4 in bwrap's namespace; 4 + caller
+        if kind == "bwrap":
+            assert "work" not in report["look"] and "root" not in report["look"]
