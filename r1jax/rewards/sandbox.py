@@ -63,27 +63,31 @@ def _read(n):
             raise SystemExit(125)
         out += chunk
     return out
+def _limit(kind, soft, hard=None):
+    ceiling = resource.getrlimit(kind)[1]  # a limit can only go down
+    cap = (lambda v: v) if ceiling == resource.RLIM_INFINITY else (lambda v: min(v, ceiling))
+    resource.setrlimit(kind, (cap(soft), cap(soft if hard is None else hard)))
 def _setup():
     cpu, memory, nproc, nofile, fsize = (int(x) for x in sys.argv[1:6])
     size = b""
     while not size.endswith(b"\n"):
         size += _read(1)
     source = _read(int(size)).decode("utf-8")
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_FSIZE, fsize)
+    _limit(resource.RLIMIT_NOFILE, nofile)
+    _limit(resource.RLIMIT_CPU, cpu, cpu + 1)
     if os.geteuid() == 0:
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    _limit(resource.RLIMIT_NPROC, nproc)
+    _limit(resource.RLIMIT_AS, memory)
     return compile(source, "<program>", "exec")
 _code = _setup()
 sys.argv[:] = ["<program>"]
 _globals = {"__name__": "__main__", "__builtins__": __builtins__}
-del _read, _setup
+del _read, _limit, _setup
 exec(_code, _globals)
 """
 

@@ -281,3 +281,11 @@ def test_bad_arguments_and_examples_are_errors():
         code.code_tests("", TOY, mode="most")
     with pytest.raises(ValueError, match="no tests"):
         code.code_tests("print(1)", {"question": "?", "answer": "1"})
+
+
+def test_limits_above_the_pool_workers_own_are_clamped_not_fatal():
+    with RewardPool([("code", 1.0, {"memory_mb": 8192})], num_workers=1, timeout_s=30,
+                    memory_limit_mb=2048) as pool:
+        result = pool.score([fenced(HONEST), fenced("def add(a, b):\n    return a - b")],
+                            [TOY, TOY])
+    assert result.total.tolist() == [1.0, 0.0] and result.failures.total == 0
