@@ -34,9 +34,11 @@ bench-sampler: $(VENV)/.test
 bench-step: $(VENV)/.test
 	JAX_PLATFORMS=cpu $(PY) -m r1jax.benchmarks.step
 
-# pytest exits 5 when it collects no tests: that is a failure here, not a pass.
+# pytest exits 5 when it collects no tests: that is a failure here, not a pass. Tests run in
+# PYTEST_WORKERS processes (pytest-xdist); most of their time is single-threaded compilation.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.test
-	@$(PY) -m pytest -q tests; rc=$$?; \
+	@$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
