@@ -90,10 +90,39 @@ def build_eval_source(cfg: EvalConfig, data_cfg: DataConfig) -> Optional[Any]:
                         split="test")
 
 
-def build_reward_pool(cfg: RewardsConfig) -> Any:
+def build_reward_pool(cfg: RewardsConfig, data_cfg: Optional[DataConfig] = None) -> Any:
+    """The reward pool: `cfg.functions`, or with a data mixture each task's own functions
+    (one pool routing every completion to its task's; `cfg` gives workers and timeout)."""
     from r1jax.rewards import RewardPool
-    return RewardPool([(f.name, f.weight, dict(f.kwargs)) for f in cfg.functions],
-                      num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+    if data_cfg is not None and data_cfg.mixture:
+        specs = {m.name: [(f.name, f.weight, dict(f.kwargs)) for f in m.functions]
+                 for m in data_cfg.mixture}
+    else:
+        specs = [(f.name, f.weight, dict(f.kwargs)) for f in cfg.functions]
+    return RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+
+
+def accuracy_names(cfg: RewardsConfig, data_cfg: DataConfig) -> "str | dict":
+    """The accuracy function: `rewards.accuracy`, or with a mixture task -> its own."""
+    if data_cfg.mixture:
+        return {m.name: m.accuracy for m in data_cfg.mixture}
+    return cfg.accuracy
+
+
+def build_mixture_iterator(cfg: DataConfig, tokenizer: Any, batch_size: int,
+                           shard_index: int = 0, shard_count: int = 1) -> Any:
+    """The weighted multi-task prompt stream of `cfg.mixture` (r1jax.data.mixture)."""
+    from r1jax.data.mixture import MixtureIterator, Task
+    from r1jax.data.templates import make_template
+    tasks = [Task(m.name, build_source(m.source, recipe=m.recipe, data_dir=cfg.data_dir,
+                                       limit=m.limit, strict=cfg.strict, seed=cfg.seed,
+                                       num_generated=m.num_generated,
+                                       task_options=m.task_options),
+                  make_template(m.template, m.system_prompt), m.weight)
+             for m in cfg.mixture]
+    schedule = [(s.from_step, s.weights) for s in cfg.mixture_schedule]
+    return MixtureIterator(tasks, tokenizer, batch_size, cfg.seed, schedule, shard_index,
+                           shard_count, cfg.max_prompt_tokens)
 
 
 def process_shard() -> tuple[int, int]:

@@ -139,6 +139,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
+        elif hasattr(value, "to_dict"):  # a ConfigDict inside a list (mixture_task)
+            value = value.to_dict()
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}': expected a section (dict), got {value!r}")
         return from_dict(tp, value, path)
@@ -270,6 +272,65 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RewardFunctionConfig:
+    """One weighted reward function of r1jax.rewards (REWARD_FUNCTIONS name + kwargs)."""
+
+    name: str
+    weight: float = 1.0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSource:
+    """One task of a multi-task mixture: its prompts, template and rewards.
+
+    name: the task's name (metrics `task/<name>/...`, the examples' `task` field).
+    source, recipe, limit, num_generated, task_options: as in DataConfig (a benchmark name,
+      a file with its recipe, or a generated task).
+    template, system_prompt: how this task's questions become prompts.
+    weight: the task's share of the prompt slots (relative; `mixture_schedule` overrides).
+    functions, accuracy: this task's weighted reward functions and the one whose value > 0
+      counts as correct (accuracy metrics, DAPO's group filter).
+    """
+
+    name: str
+    source: str
+    recipe: Optional[str] = None
+    template: str = "r1_zero"
+    system_prompt: Optional[str] = None
+    weight: float = 1.0
+    functions: tuple[RewardFunctionConfig, ...] = (RewardFunctionConfig("accuracy", 1.0, {}),)
+    accuracy: str = "accuracy"
+    limit: Optional[int] = None
+    num_generated: int = 10000
+    task_options: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.name) and "/" not in self.name, path, "name",
+               "must be a non-empty name without '/'")
+        _check(self.weight >= 0, path, "weight", "must be >= 0")
+        _check(len(self.functions) > 0, path, "functions", "needs at least one reward")
+        names = [f.name for f in self.functions]
+        _check(self.accuracy in names, path, "accuracy",
+               f"'{self.accuracy}' is not one of the task's reward functions {names}")
+        _check(self.num_generated >= 1, path, "num_generated", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureStage:
+    """A curriculum stage: from RL step `from_step` on, the tasks' weights are `weights`
+    (one per `data.mixture` entry, in order)."""
+
+    from_step: int
+    weights: tuple[float, ...]
+
+    def validate(self, path: str) -> None:
+        _check(self.from_step >= 0, path, "from_step", "must be >= 0")
+        _check(all(w >= 0 for w in self.weights) and sum(self.weights) > 0, path, "weights",
+               f"must be >= 0 and not all 0, got {list(self.weights)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Training prompts.
 
@@ -278,6 +339,13 @@ class DataConfig:
     template: prompt template (r1_zero, qwen_math, chat, plain).
     max_prompt_tokens: longer prompts are dropped (and counted) at start-up.
     num_generated: examples of a generated task.
+    mixture: several tasks, each with its own source, template and rewards (README
+      "Multi-task mixtures"); empty: the single source above, scored by `rewards`. With a
+      mixture, `source`, `recipe`, `template`, `system_prompt`, `limit`, `num_generated` and
+      `task_options` above are unused; `data_dir`, `max_prompt_tokens`, `strict` and `seed`
+      apply to every task.
+    mixture_schedule: curriculum stages of task weights by RL step (empty: the tasks'
+      `weight`s throughout; before the first stage's `from_step`, too).
     """
 
     source: str = "gsm8k_train"
@@ -291,19 +359,26 @@ class DataConfig:
     seed: int = 0
     num_generated: int = 10000
     task_options: dict = dataclasses.field(default_factory=dict)
+    mixture: tuple[MixtureSource, ...] = ()
+    mixture_schedule: tuple[MixtureStage, ...] = ()
 
     def validate(self, path: str) -> None:
         _check(self.max_prompt_tokens >= 1, path, "max_prompt_tokens", "must be >= 1")
         _check(self.num_generated >= 1, path, "num_generated", "must be >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardFunctionConfig:
-    """One weighted reward function of r1jax.rewards (REWARD_FUNCTIONS name + kwargs)."""
-
-    name: str
-    weight: float = 1.0
-    kwargs: dict = dataclasses.field(default_factory=dict)
+        names = [m.name for m in self.mixture]
+        _check(len(set(names)) == len(names), path, "mixture",
+               f"task names must be unique, got {names}")
+        _check(not self.mixture or sum(m.weight for m in self.mixture) > 0, path, "mixture",
+               "the weights must not all be 0")
+        _check(not self.mixture_schedule or bool(self.mixture), path, "mixture_schedule",
+               "needs a data.mixture")
+        starts = [s.from_step for s in self.mixture_schedule]
+        _check(starts == sorted(set(starts)), path, "mixture_schedule",
+               f"stages must have strictly increasing from_step, got {starts}")
+        for i, stage in enumerate(self.mixture_schedule):
+            _check(len(stage.weights) == len(self.mixture), path,
+                   f"mixture_schedule[{i}].weights",
+                   f"has {len(stage.weights)} weights for {len(self.mixture)} tasks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,6 +617,11 @@ class RunConfig:
                    "differs from prompts_per_step only with algo.dynamic_sampling")
         _check(self.train.prompts_per_step % self.algo.minibatches == 0, path,
                "algo.minibatches", "must divide train.prompts_per_step")
+        if self.data.mixture:
+            _check(self.sft.steps == 0, path, "sft.steps",
+                   "a warm start needs one data source; data.mixture has several")
+            _check(self.eval.source is None, path, "eval.source",
+                   "with data.mixture, evaluate each benchmark with r1jax-eval")
 
 
 def base_config() -> Any:
@@ -596,6 +676,20 @@ def _config_section(cls: type, default: Any) -> dict:
             # A float field keeps a float even if written `= 1`: the command line parses by it.
             entries[f.name] = float(value) if tp is float else value
     return entries
+
+
+def mixture_task(**values: Any) -> Any:
+    """One `data.mixture` entry for a config file: a ConfigDict holding every MixtureSource
+    field (typed placeholders for None), so the command line can set any of its keys
+    (`--config.data.mixture[1].recipe=mbpp`)."""
+    from ml_collections import ConfigDict
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(MixtureSource)})
+    if unknown:
+        raise ConfigError(f"unknown config key 'data.mixture[].{unknown[0]}'")
+    entry = ConfigDict(_config_section(MixtureSource, None))
+    for key, value in values.items():
+        entry[key] = float(value) if key == "weight" else value
+    return entry
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:

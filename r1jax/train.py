@@ -66,13 +66,19 @@ class Trainer:
         self.sampler = Sampler(model, max_prompt_len=cfg.data.max_prompt_tokens,
                                max_new_tokens=max_new, eos_token_ids=self.stop_ids,
                                pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts)
-        self.pool = builder.build_reward_pool(cfg.rewards)
+        self.pool = builder.build_reward_pool(cfg.rewards, cfg.data)
+        self.accuracy_name = builder.accuracy_names(cfg.rewards, cfg.data)
         shard, shards = builder.process_shard()
         gen_prompts = cfg.train.gen_prompts_per_batch or cfg.train.prompts_per_step
-        self.train_source = builder.build_train_source(cfg.data)
-        self.data = make_prompt_iterator(
-            self.train_source, self.tokenizer, self._template(), gen_prompts, cfg.data.seed,
-            shard, shards, cfg.data.max_prompt_tokens)
+        if cfg.data.mixture:  # no warm start, no held-out set (config validation)
+            self.train_source = None
+            self.data = builder.build_mixture_iterator(cfg.data, self.tokenizer, gen_prompts,
+                                                       shard, shards)
+        else:
+            self.train_source = builder.build_train_source(cfg.data)
+            self.data = make_prompt_iterator(
+                self.train_source, self.tokenizer, self._template(), gen_prompts,
+                cfg.data.seed, shard, shards, cfg.data.max_prompt_tokens)
         self.eval_problems = self._eval_problems()
         self.rl = steps.RLSteps(self.model_config, cfg, self.sharding, model.params)
         del model  # its arrays now belong to the train state (donated by the update)
@@ -187,19 +193,22 @@ class Trainer:
                                  cfg.algo.min_train_prompts) if cfg.algo.dynamic_sampling \
             else None
         gens = []
+        if self.cfg.data.mixture:
+            self.data.set_step(step)  # the curriculum's task weights of this step
         while True:
             gen = generate_batch(self.sampler, self.tokenizer, self.pool, next(self.data),
                                  params=self.rl.params, group_size=g,
                                  max_new_tokens=cfg.rollout.max_new_tokens, sampling=sampling,
                                  seed=self._seed(step, len(gens)),
-                                 accuracy_name=cfg.rewards.accuracy, overlong=overlong)
+                                 accuracy_name=self.accuracy_name, overlong=overlong)
             gens.append(gen)
             payloads = [gen.group(p, g) for p in range(len(gen.examples))]
             if ds is None:
                 return payloads, steps.rollout_metrics(gens, None)
-            # DAPO filters on accuracy: groups all correct or all wrong carry no signal.
-            accuracy = gen.parts[cfg.rewards.accuracy]
-            if ds.add(accuracy, payloads, correct=gen.correct) is not dapo.Status.NEED_MORE:
+            # DAPO filters on accuracy (each group on its own task's in a mixture): groups
+            # all correct or all wrong carry no signal.
+            if ds.add(gen.accuracy, payloads, correct=gen.correct) is not \
+                    dapo.Status.NEED_MORE:
                 break
         try:
             groups, ds_stats = ds.take()

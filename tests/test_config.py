@@ -66,12 +66,38 @@ RECIPES = {
         "optim.lr": 4e-7, "optim.schedule": "constant", "optim.warmup_steps": 0,
         "rewards.accuracy": "knights_knaves",
         "rewards": [("logic_format", 1.0, None, None), ("knights_knaves", 1.0, None, None)]},
+    "tinyzero_countdown_qwen2_5_3b.py": {  # TinyZero's GRPO: 256 prompts, G = 5, KL 0.001
+        "model.path": "/models/Qwen2.5-3B", "data.source": "countdown",
+        "data.template": "r1_zero", "data.max_prompt_tokens": 256,
+        "rollout.max_new_tokens": 1024, "rollout.group_size": 5, "rollout.temperature": 1.0,
+        "train.prompts_per_step": 256, "algo.adv": "group", "algo.eps_low": 0.2,
+        "algo.eps_high": 0.2, "algo.agg": "token-mean", "algo.kl_beta": 0.001,
+        "algo.kl_kind": "k3", "algo.minibatches": 2, "algo.dynamic_sampling": False,
+        "optim.lr": 1e-6, "optim.schedule": "constant", "rewards.accuracy": "countdown",
+        "rewards": [("countdown", 1.0, None, None)]},
+    "code_deepcoder_qwen2_5_7b.py": {  # GRPO+: clip-higher, no KL / entropy, overlong filter
+        "model.path": "/models/Qwen2.5-7B-Instruct", "data.recipe": "taco",
+        "data.template": "chat", "rollout.group_size": 16, "rollout.temperature": 1.0,
+        "algo.adv": "group", "algo.eps_low": 0.2, "algo.eps_high": 0.28,
+        "algo.agg": "token-mean", "algo.kl_beta": 0.0, "algo.entropy_coef": 0.0,
+        "algo.overlong_filter": True, "algo.dynamic_sampling": False, "optim.lr": 1e-6,
+        "rewards.accuracy": "code", "rewards": [("code", 1.0, "all_or_nothing", None)]},
+    "mixture_math_code_logic.py": {  # GRPO over three tasks with a curriculum
+        "model.path": "/models/Qwen2.5-7B-Instruct", "algo.adv": "group",
+        "algo.eps_low": 0.2, "algo.eps_high": 0.2, "algo.agg": "token-mean",
+        "algo.kl_beta": 0.001, "algo.kl_kind": "k3", "rollout.group_size": 8,
+        "train.prompts_per_step": 64, "optim.lr": 1e-6,
+        "mixture": [("math", "gsm8k_train", "qwen_math", 0.6, "accuracy"),
+                    ("code", "/data/mbpp/train.jsonl", "chat", 0.2, "code"),
+                    ("logic", "knights_knaves", "chat", 0.2, "knights_knaves")],
+        "data.mixture_schedule": ((0, (0.6, 0.2, 0.2)), (100, (0.4, 0.3, 0.3)),
+                                  (300, (0.3, 0.35, 0.35)))},
 }
 # Variants change sizes and budgets, never the algorithm.
 ALGORITHM = ("algo.adv", "algo.eps_low", "algo.eps_high", "algo.clip_c", "algo.agg",
              "algo.ratio_level", "algo.kl_beta", "algo.kl_kind", "algo.num_iterations",
              "algo.minibatches", "algo.dynamic_sampling", "algo.overlong_filter",
-             "rollout.temperature", "data.template", "rewards")
+             "rollout.temperature", "data.template", "rewards", "mixture_rewards")
 
 
 def recipe_value(c, key):
@@ -79,6 +105,14 @@ def recipe_value(c, key):
     if key == "rewards":
         return [(f.name, f.weight, f.kwargs.get("mode"), f.kwargs.get("wrong_reward"))
                 for f in c.rewards.functions]
+    if key == "mixture":  # (name, source, template, weight, accuracy) per task
+        return [(m.name, m.source, m.template, m.weight, m.accuracy) for m in c.data.mixture]
+    if key == "mixture_rewards":  # each task's template, rewards and accuracy
+        return [(m.name, m.template, m.system_prompt, m.accuracy,
+                 [(f.name, f.weight, dict(f.kwargs)) for f in m.functions])
+                for m in c.data.mixture]
+    if key == "data.mixture_schedule":
+        return tuple((s.from_step, s.weights) for s in c.data.mixture_schedule)
     section, *rest = key.split(".")
     value = getattr(c, section)
     for part in rest:

@@ -20,8 +20,16 @@ from r1jax.config import ConfigError, RunConfig, _is_optional, base_config, run_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo_cpu.py")
+# The mixture's fields are set on a config that has a mixture (an element's keys exist
+# only once a config file made the element), as rewards.functions[0] is on the demo.
+MIXTURE = os.path.join(ROOT, "configs", "mixture_math_code_logic.py")
 
 BASE = r1jax.load_config(DEMO)
+MIXTURE_BASE = r1jax.load_config(MIXTURE)
+
+
+def config_for(key):
+    return (MIXTURE, MIXTURE_BASE) if key.startswith("data.mixture") else (DEMO, BASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,29 @@ CASES = {
     "optim.schedule": Case("cosine"),
     "train.prompts_per_step": Case(32),
     "train.wandb_mode": Case("online"),
+    "data.mixture": Case(
+        (r1jax.config.MixtureSource("math", "gsm8k_train"),),
+        overrides=("data.mixture=[{'name': 'math', 'source': 'gsm8k_train'}]",
+                   "data.mixture_schedule=[]")),
+    "data.mixture[0].name": Case("algebra"),
+    "data.mixture[0].template": Case("plain"),
+    "data.mixture[0].functions": Case(
+        (r1jax.config.RewardFunctionConfig("boxed", 1.0, {}),),
+        overrides=("data.mixture[0].functions=[{'name': 'boxed'}]",),
+        also=("data.mixture[0].accuracy=boxed",)),
+    "data.mixture[0].functions[0].name": Case("boxed", also=("data.mixture[0].accuracy=boxed",)),
+    "data.mixture[0].functions[0].kwargs": Case(
+        {"mode": "regex"}, overrides=("data.mixture[0].functions[0].kwargs.mode=regex",)),
+    "data.mixture[0].accuracy": Case("boxed", also=(
+        "data.mixture[0].functions=[{'name': 'boxed'}]",)),
+    "data.mixture[0].task_options": Case({"terms": 3},
+                                         overrides=("data.mixture[0].task_options={'terms': 3}",)),
+    "data.mixture_schedule": Case(
+        (r1jax.config.MixtureStage(5, (1.0, 0.0, 0.0)),),
+        overrides=("data.mixture_schedule=[{'from_step': 5, 'weights': (1.0, 0.0, 0.0)}]",)),
+    "data.mixture_schedule[0].weights": Case((0.5, 0.25, 0.25),
+                                            overrides=("data.mixture_schedule[0].weights="
+                                                       "(0.5, 0.25, 0.25)",)),
 }
 
 
@@ -102,7 +133,7 @@ def value_at(cfg, key):
 
 def generic_case(key, hint):
     """A valid value of the field's own type, different from the demo config's."""
-    current = value_at(BASE, key)
+    current = value_at(config_for(key)[1], key)
     tp = _is_optional(hint)[1]
     if tp is bool:
         return Case(not current)
@@ -136,8 +167,9 @@ def test_the_schema_walk_reaches_every_section():
 @pytest.mark.parametrize("key", sorted(FIELDS))
 def test_every_field_is_settable_from_the_command_line(key):
     value, overrides = case_for(key)
-    assert value != value_at(BASE, key), "the test value must differ from the demo's"
-    got = value_at(r1jax.load_config(DEMO, overrides), key)
+    path, base = config_for(key)
+    assert value != value_at(base, key), "the test value must differ from the demo's"
+    got = value_at(r1jax.load_config(path, overrides), key)
     assert got == value and type(got) is type(value)
 
 
@@ -155,11 +187,12 @@ OPTIONAL = sorted(k for k, hint in FIELDS.items() if _is_optional(hint)[0])
 def test_every_optional_field_can_be_set_back_to_none(key):
     _, overrides = case_for(key)
     companions = list(NONE_COMPANIONS.get(key, ()))
-    cfg = r1jax.load_config(DEMO, overrides + [f"{key}=None"] + companions)
+    path = config_for(key)[0]
+    cfg = r1jax.load_config(path, overrides + [f"{key}=None"] + companions)
     assert value_at(cfg, key) is None
     # The last override of a key wins, whichever way round.
     value, overrides = case_for(key)
-    cfg = r1jax.load_config(DEMO, [f"{key}=None"] + overrides)
+    cfg = r1jax.load_config(path, [f"{key}=None"] + overrides)
     assert value_at(cfg, key) == value
 
 

@@ -71,7 +71,8 @@ class RewardResult:
 
     Attributes:
       total: [B] float64, sum over functions of weight * reward.
-      per_function: name -> [B] float64 unweighted rewards.
+      per_function: name -> [B] float64 unweighted rewards (a multi-task pool: "<task>/<name>"
+        -> values, NaN on rows of other tasks).
       failed: [B] bool, items where any function timed out, crashed or raised (scored 0).
       failures: counts and examples.
     """
@@ -83,7 +84,8 @@ class RewardResult:
 
     def metrics(self, prefix: str = "reward/") -> dict:
         """Scalar metrics for logging: mean of each function and of the total, failure counts."""
-        out = {f"{prefix}{name}": float(v.mean()) for name, v in self.per_function.items()}
+        out = {f"{prefix}{name}": float(np.nanmean(v)) for name, v in self.per_function.items()
+               if not np.all(np.isnan(v))}
         out[f"{prefix}total"] = float(self.total.mean())
         for kind in ("timeouts", "crashes", "exceptions"):
             out[f"{prefix}{kind}"] = float(getattr(self.failures, kind))
@@ -151,8 +153,13 @@ class RewardPool:
                       num_workers=4, timeout_s=10) as pool:
           result = pool.score(completions, examples)
 
+    A multi-task pool takes `{task: specs}`: each completion is scored by the functions of
+    its example's `task` only, `per_function` is keyed `"<task>/<name>"` (NaN on rows of
+    other tasks) and `total` is the weighted sum of the row's own task's functions.
+
     Args:
-      specs: `(name, weight, kwargs)` triples or RewardSpecs naming entries of `functions`.
+      specs: `(name, weight, kwargs)` triples or RewardSpecs naming entries of `functions`,
+        or a mapping task name -> such specs (a multi-task pool).
       num_workers: worker processes, started now and reused by every `score` call.
       timeout_s: wall-clock limit for all reward functions of one item.
       functions: name -> reward function; REWARD_FUNCTIONS unless extending it. Functions must
@@ -165,7 +172,8 @@ class RewardPool:
       start_timeout_s: how long a new worker may take to import its modules.
     """
 
-    def __init__(self, specs: Sequence[SpecLike], num_workers: int = 2, timeout_s: float = 10.0,
+    def __init__(self, specs: "Sequence[SpecLike] | Mapping[str, Sequence[SpecLike]]",
+                 num_workers: int = 2, timeout_s: float = 10.0,
                  *, functions: Mapping[str, RewardFn] = REWARD_FUNCTIONS,
                  chunk_size: Optional[int] = None, memory_limit_mb: int = 4096,
                  max_logged: int = 3, start_timeout_s: float = 120.0):
@@ -175,15 +183,27 @@ class RewardPool:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.specs = make_specs(specs, functions)
-        self.names = tuple(s.name for s in self.specs)
+        self.routes: Optional[dict] = None
+        if isinstance(specs, Mapping):
+            if not specs:
+                raise ValueError("a multi-task pool needs at least one task")
+            by_task = {task: make_specs(s, functions) for task, s in specs.items()}
+            self.specs = tuple(s for task_specs in by_task.values() for s in task_specs)
+            self.names = tuple(f"{task}/{s.name}" for task, task_specs in by_task.items()
+                               for s in task_specs)
+            starts = np.cumsum([0] + [len(v) for v in by_task.values()])
+            self.routes = {task: tuple(range(starts[i], starts[i + 1]))
+                           for i, task in enumerate(by_task)}
+        else:
+            self.specs = make_specs(specs, functions)
+            self.names = tuple(s.name for s in self.specs)
         self.weights = np.array([s.weight for s in self.specs], dtype=np.float64)
         self.timeout_s = float(timeout_s)
         self.chunk_size = chunk_size
         self.max_logged = max_logged
         self._start_timeout_s = float(start_timeout_s)
         self._setup = {"specs": self.specs, "functions": dict(functions),
-                       "memory_limit_mb": int(memory_limit_mb)}
+                       "memory_limit_mb": int(memory_limit_mb), "routes": self.routes}
         try:
             pickle.dumps(self._setup)
         except Exception as e:  # noqa: BLE001 - pickling raises several types
@@ -232,12 +252,13 @@ class RewardPool:
         if len(examples) != n or (lengths is not None and len(lengths) != n):
             raise ValueError(f"got {n} completions, {len(examples)} examples and "
                              f"{'no' if lengths is None else len(lengths)} lengths")
-        if lengths is None and NEEDS_LENGTH.intersection(self.names):
-            raise ValueError(f"rewards {sorted(NEEDS_LENGTH.intersection(self.names))} need "
+        used = {s.name for s in self.specs}
+        if lengths is None and NEEDS_LENGTH.intersection(used):
+            raise ValueError(f"rewards {sorted(NEEDS_LENGTH.intersection(used))} need "
                              "completion lengths")
         items = [(i, completions[i], _slim(examples[i]),
                   None if lengths is None else int(lengths[i])) for i in range(n)]
-        run = _Run(n, self.names, self.max_logged, completions)
+        run = _Run(n, self.names, self.max_logged, completions, self._columns(examples))
         try:
             self._drain(items, run)
         except BaseException:
@@ -248,6 +269,17 @@ class RewardPool:
                                                                 self._start_timeout_s)
             raise
         return run.result(self.weights)
+
+    def _columns(self, examples: Sequence[Mapping[str, Any]]) -> Optional[list]:
+        """Per item, the spec indices that score it (None: all of them)."""
+        if self.routes is None:
+            return None
+        tasks = [ex.get("task") for ex in examples]
+        unknown = sorted({str(t) for t in tasks if t not in self.routes})
+        if unknown:
+            raise ValueError(f"examples of tasks {unknown}: this pool scores the tasks "
+                             f"{sorted(self.routes)} (each example needs a `task`)")
+        return [self.routes[t] for t in tasks]
 
     def _chunks(self, items: list) -> collections.deque:
         size = self.chunk_size or max(1, min(32, math.ceil(len(items) / (4 * len(self._workers)))))
@@ -324,16 +356,26 @@ class _Run:
     """Accumulates the scores and failures of one `score` call."""
 
     def __init__(self, n: int, names: Sequence[str], max_logged: int,
-                 completions: Sequence[str]):
+                 completions: Sequence[str], columns: Optional[list] = None):
         self.names = tuple(names)
         self.scores = np.zeros((n, len(names)), dtype=np.float64)
+        # Which functions apply to each item (a multi-task pool scores a task's own only).
+        self.applies = np.ones((n, len(names)), dtype=bool)
+        self.columns = columns
+        if columns is not None:
+            self.applies[:] = False
+            for i, cols in enumerate(columns):
+                self.applies[i, list(cols)] = True
         self.failed = np.zeros(n, dtype=bool)
         self.failures = RewardFailures()
         self._max_logged = max_logged
         self._completions = completions
 
     def record(self, index: int, scores: Sequence[float], errors: Sequence[tuple]) -> None:
-        self.scores[index] = scores
+        if self.columns is None:
+            self.scores[index] = scores
+        else:
+            self.scores[index, list(self.columns[index])] = scores
         for name, kind, message in errors:
             self.record_failure(index, kind, f"{name}: {message}")
 
@@ -348,6 +390,7 @@ class _Run:
             log.warning("reward %s", text)
 
     def result(self, weights: np.ndarray) -> RewardResult:
-        per_function = {name: self.scores[:, j].copy() for j, name in enumerate(self.names)}
+        shown = np.where(self.applies, self.scores, np.nan)
+        per_function = {name: shown[:, j].copy() for j, name in enumerate(self.names)}
         return RewardResult(total=self.scores @ weights, per_function=per_function,
                             failed=self.failed, failures=self.failures)

@@ -1,9 +1,11 @@
 """The reward worker process: scores the items a RewardPool sends it, one after another.
 
 Protocol over two pipes (multiprocessing Connections, pickled messages):
-  parent -> worker: {"specs", "functions", "memory_limit_mb"} once, then ("score", items)
+  parent -> worker: {"specs", "functions", "memory_limit_mb", "routes"} once, then ("score", items)
     with items = [(index, completion, example, length), ...], or ("stop",).
   worker -> parent: ("ready", pid) once, then ("done", index, scores, errors) per item, where
+    scores has one value per spec, or with routes (task -> spec indices) one per spec of
+    the item's `example["task"]`, and
     errors = [(function name, "timeout" | "exception", message), ...].
 
 Reward functions run on this process's main thread, so math-verify's signal-based limits
@@ -71,6 +73,7 @@ def main(read_fd: int, write_fd: int, parent_pid: int) -> None:
         limit = int(setup["memory_limit_mb"]) * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     functions, specs = setup["functions"], setup["specs"]
+    routes = setup.get("routes")  # task -> indices of its specs (a multi-task pool)
     outbox.send(("ready", os.getpid()))
     while True:
         try:
@@ -80,5 +83,6 @@ def main(read_fd: int, write_fd: int, parent_pid: int) -> None:
         if message[0] == "stop":
             return
         for index, completion, example, length in message[1]:
-            scores, errors = score_item(functions, specs, completion, example, length)
+            chosen = specs if routes is None else [specs[j] for j in routes[example["task"]]]
+            scores, errors = score_item(functions, chosen, completion, example, length)
             outbox.send(("done", index, scores, errors))

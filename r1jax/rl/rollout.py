@@ -65,6 +65,8 @@ class GenerationBatch:
       rewards: [B] total reward (weighted functions + overlong penalty).
       parts: reward function name -> [B] values (unweighted), plus "overlong_penalty".
       correct: [B] bool, the accuracy function's value > 0.
+      accuracy: [B] the accuracy function's values (each row's own task's in a mixture).
+      tasks: [B] each row's task name (None: a single-task run).
       failures: reward failure counts (timeouts, crashes, exceptions).
       seconds: {"rollout": ..., "reward": ...}.
     """
@@ -77,6 +79,8 @@ class GenerationBatch:
     correct: np.ndarray
     failures: dict
     seconds: dict
+    accuracy: Optional[np.ndarray] = None
+    tasks: Optional[np.ndarray] = None
 
     def group(self, p: int, g: int) -> dict:
         """The payload of prompt p's group (what dynamic sampling keeps)."""
@@ -91,14 +95,16 @@ class GenerationBatch:
 
 def generate_batch(sampler: Sampler, tokenizer: Any, pool: Any, examples: list, *,
                    params: Any, group_size: int, max_new_tokens: int, sampling: dict,
-                   seed: int, accuracy_name: str, overlong: Optional[tuple[int, float]]
-                   ) -> GenerationBatch:
+                   seed: int, accuracy_name: "str | dict",
+                   overlong: Optional[tuple[int, float]]) -> GenerationBatch:
     """Samples and scores one generation batch.
 
     Args:
       examples: P examples with `prompt_ids`.
       params: the live policy parameters.
       sampling: temperature / top_p / top_k / min_p.
+      accuracy_name: the reward function that decides correctness, or for a multi-task
+        pool a mapping task -> its function (examples carry their `task`).
       overlong: (buffer_len, factor) of DAPO's soft overlong punishment, or None.
     """
     start = time.perf_counter()
@@ -116,7 +122,14 @@ def generate_batch(sampler: Sampler, tokenizer: Any, pool: Any, examples: list, 
         penalty = np.asarray(dapo.overlong_penalty(out.lengths, max_new_tokens, *overlong))
         parts["overlong_penalty"] = penalty
         rewards = rewards + penalty
-    correct = parts[accuracy_name] > 0
-    return GenerationBatch(examples, out, texts, rewards.astype(np.float32), parts, correct,
-                           result.failures, {"rollout": rollout_s,
-                                             "reward": time.perf_counter() - start})
+    tasks = None
+    if isinstance(accuracy_name, dict):
+        tasks = np.array([row["task"] for row in rows], dtype=object)
+        accuracy = np.array([parts[f"{t}/{accuracy_name[t]}"][i] for i, t in enumerate(tasks)],
+                            np.float64)
+    else:
+        accuracy = parts[accuracy_name]
+    return GenerationBatch(examples, out, texts, rewards.astype(np.float32), parts,
+                           accuracy > 0, result.failures,
+                           {"rollout": rollout_s, "reward": time.perf_counter() - start},
+                           accuracy, tasks)

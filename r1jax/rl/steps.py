@@ -264,10 +264,20 @@ def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:
            "response_length/max": float(lengths.max()),
            "response_length/min": float(lengths.min()),
            "response_length/clip_ratio": float((finish == LENGTH).mean())}
+    tasks = None if gens[0].tasks is None else np.concatenate([g.tasks for g in gens])
     for name in gens[0].parts:
+        if tasks is not None and "/" in name:  # "<task>/<fn>": in the task's own metrics
+            continue
         vals = np.concatenate([g.parts[name] for g in gens])
         out[f"reward/{name}/mean"] = float(vals.mean())
         out[f"reward/{name}/std"] = float(vals.std())
+    if tasks is not None:
+        names = sorted(set().union(*(g.parts for g in gens)))
+        parts = {k: np.concatenate([g.parts.get(k, np.full(len(g.rewards), np.nan))
+                                    for g in gens]) for k in names}
+        out.update(task_metrics(tasks, rewards, correct, lengths, parts))
+        if ds_stats is not None:
+            out.update(task_filter_metrics(gens))
     for kind in ("timeouts", "crashes", "exceptions"):
         out[f"reward/failures/{kind}"] = float(sum(getattr(g.failures, kind) for g in gens))
     rollout_s = sum(g.seconds["rollout"] for g in gens)
@@ -278,4 +288,42 @@ def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:
     if ds_stats is not None:
         for k, v in ds_stats.as_dict().items():
             out[f"dynamic_sampling/{k}"] = float(v)
+    return out
+
+
+def task_metrics(tasks: np.ndarray, rewards: np.ndarray, correct: np.ndarray,
+                 lengths: np.ndarray, parts: dict) -> dict:
+    """`task/<name>/...` metrics of a multi-task step, for each task that drew prompts.
+
+    Args:
+      tasks, rewards, correct, lengths: [B] per completion (all generation batches).
+      parts: "<task>/<fn>" -> [B] reward function values (NaN on other tasks' rows).
+    """
+    out = {}
+    for task in sorted(set(tasks)):
+        rows = tasks == task
+        prefix = f"task/{task}/"
+        out[prefix + "reward/mean"] = float(rewards[rows].mean())
+        out[prefix + "accuracy"] = float(correct[rows].mean())
+        out[prefix + "response_length/mean"] = float(lengths[rows].mean())
+        out[prefix + "completions"] = float(rows.sum())
+        for name, vals in parts.items():
+            if name.startswith(task + "/"):
+                out[f"{prefix}reward/{name[len(task) + 1:]}/mean"] = float(vals[rows].mean())
+    return out
+
+
+def task_filter_metrics(gens: list) -> dict:
+    """Per task, the groups DAPO's dynamic sampling kept (accuracy std > 0: each group is
+    filtered on its own task's accuracy) and dropped, over the step's generation batches."""
+    from r1jax.rl.dapo import keep_groups
+    out = {}
+    for gen in gens:
+        group_size = len(gen.texts) // len(gen.examples)
+        keep = keep_groups(gen.accuracy, group_size)
+        for task, kept in zip(gen.tasks[::group_size], keep):
+            key = f"task/{task}/dynamic_sampling/groups_{'kept' if kept else 'dropped'}"
+            other = f"task/{task}/dynamic_sampling/groups_{'dropped' if kept else 'kept'}"
+            out[key] = out.get(key, 0.0) + 1.0
+            out.setdefault(other, 0.0)
     return out

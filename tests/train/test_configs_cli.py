@@ -50,8 +50,14 @@ def test_tiny_variant_trains_two_steps_from_the_command_line(config, devices, da
     algo = cfg.algo
     for row in rows:
         assert row["skipped_updates"] == 0
-        for f in cfg.rewards.functions:
+        for f in cfg.rewards.functions if not cfg.data.mixture else ():
             assert f"reward/{f.name}/mean" in row
+        for m in cfg.data.mixture:  # each task that drew prompts logs its own rewards
+            if f"task/{m.name}/reward/mean" in row:
+                assert all(f"task/{m.name}/reward/{f.name}/mean" in row for f in m.functions)
+        if cfg.data.mixture:
+            assert sum(row[f"task/{m.name}/completions"] for m in cfg.data.mixture
+                       if f"task/{m.name}/completions" in row) == row["batch/rows"]
         assert row["batch/rows"] == cfg.train.prompts_per_step * cfg.rollout.group_size
         if algo.dynamic_sampling:
             assert row["dynamic_sampling/groups_used"] == cfg.train.prompts_per_step
@@ -97,6 +103,11 @@ def test_every_config_has_a_tiny_variant_that_keeps_its_algorithm(data_dir, monk
                 a = getattr(getattr(full, section), key)
                 b = getattr(getattr(tiny, section), key)
                 assert a == b, (config, f"{section}.{key}", a, b)
+        # A mixture keeps its tasks' templates, rewards and accuracy functions.
+        assert [(m.name, m.template, m.system_prompt, m.functions, m.accuracy)
+                for m in tiny.data.mixture] == \
+            [(m.name, m.template, m.system_prompt, m.functions, m.accuracy)
+             for m in full.data.mixture], config
         # The overlong buffer keeps its share of the response budget.
         ratio = full.algo.overlong_buffer_len / full.rollout.max_new_tokens
         assert abs(tiny.algo.overlong_buffer_len / tiny.rollout.max_new_tokens - ratio) \
