@@ -56,7 +56,7 @@ DAPO = dict(
     algo=dict(adv="batch", agg="token-mean", eps_low=0.2, eps_high=0.28, kl_beta=0.01,
               kl_kind="k2", entropy_coef=0.001, overlong_buffer_len=8,
               overlong_penalty_factor=0.5, overlong_filter=True),
-    optim=dict(schedule="constant"))
+    optim=dict(lr=1e-2, schedule="constant"))
 
 # name -> config sections (on top of the tiny config and COMMON). README's table points here.
 RUNS = {
@@ -69,7 +69,7 @@ RUNS = {
         algo=dict(adv="group", agg="seq-mean-token-mean", clip_c=1.01, kl_beta=0.04,
                   kl_kind="k3", entropy_coef=0.01, num_iterations=2, minibatches=2,
                   microbatches=2),
-        optim=dict(schedule="cosine", warmup_steps=2, min_lr_ratio=0.1),
+        optim=dict(lr=1e-2, schedule="cosine", warmup_steps=2, min_lr_ratio=0.1),
         model=dict(remat="dots_no_batch")),
     # DAPO family: clip-higher, token-mean, batch-std advantages, overlong shaping + filter,
     # k2 KL, min-p sampling; the fp32 default-numerics baseline of "sharded".
@@ -86,7 +86,7 @@ RUNS = {
         rollout=dict(recompute_old_logprobs=True),
         algo=dict(adv="none", agg="seq-mean-token-sum-norm", max_response_len=32,
                   ratio_level="sequence", kl_beta=0.02, kl_kind="k1", minibatches=2),
-        optim=dict(schedule="constant", warmup_steps=2),
+        optim=dict(lr=1e-2, schedule="constant", warmup_steps=2),
         model=dict(remat="save_attention_out")),
     # RLOO: leave-one-out baseline, seq-mean-token-sum, mu = 2, microbatches, data x fsdp mesh.
     "rloo": dict(
@@ -132,10 +132,12 @@ class Update:
     params: dict      # host copy of the parameters it started from
     batch: object     # host RLBatch (minibatch, with the old / reference log-probs it used)
     metrics: dict     # host metrics of the jitted update
+    stats: dict = dataclasses.field(default_factory=dict)  # reference values, computed once
 
 
 @dataclasses.dataclass
 class Result:
+    name: str
     cfg: object
     model_config: object
     rows: dict = dataclasses.field(default_factory=dict)       # RL step -> logged metrics
@@ -157,7 +159,7 @@ def train(name: str, run_dir: str) -> Result:
     """Runs `RUNS[name]` and records its groups and every optimizer step's inputs."""
     cfg = run_config(name, run_dir)
     trainer = Trainer(cfg)
-    result = Result(cfg, trainer.model_config)
+    result = Result(name, cfg, trainer.model_config)
     collect, update = trainer.collect, trainer.rl._update
 
     def recording_collect(step):
@@ -186,17 +188,6 @@ def train(name: str, run_dir: str) -> Result:
         trainer.close()
     result.rows = {r["step"]: r for r in read_metrics(cfg.train.run_dir) if r["step"] > 0}
     return result
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    cache = {}
-
-    def get(name: str) -> Result:
-        if name not in cache:
-            cache[name] = train(name, str(tmp_path_factory.mktemp(name)))
-        return cache[name]
-    return get
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,73 +327,89 @@ def completions(result: Result, step: int):
 
 
 # --------------------------------------------------------------------------------------------
-# Checks every run gets.
+# Checks. One test per run (a run is the expensive part; pytest-xdist may spread tests over
+# workers, so no run is shared between tests except "sharded", which needs "dapo"'s rollout).
 
 POLICY_KEYS = ("loss", "pg_loss", "kl_loss", "entropy_loss", "kl", "entropy", "ratio_mean",
-               "approx_kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "tokens",
-               "sequences")
+               "approx_kl", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_every_update_matches_the_maths(run, name):
+def reference(result: Result, u: Update, algo=None) -> dict:
+    """README's metrics of update `u` (under `algo`, default the run's), from its inputs."""
+    algo = algo or result.cfg.algo
+    if not u.stats:
+        logp, entropy, lp_all = token_stats(u.params, u.batch, result.model_config)
+        ref = token_stats(result.ref_params, u.batch, result.model_config)[0] \
+            if result.ref_params is not None else None
+        u.stats.update(logp=logp, entropy=entropy, probs=np.exp(lp_all), ref=ref)
+    max_len = algo.max_response_len or result.cfg.rollout.max_new_tokens
+    return expected_metrics(u.stats["logp"], u.stats["entropy"], u.stats["ref"], u.batch,
+                            algo, max_len)
+
+
+def real_updates(result: Result) -> list:
+    return [u for u in result.updates if u.metrics["tokens"] > 0]
+
+
+def check_updates_match_the_maths(result: Result) -> None:
     """Each optimizer step's logged loss terms and means equal README's formulas recomputed
-    from the parameters and minibatch it saw; the step's row averages its updates."""
-    result = run(name)
+    from the parameters and minibatch it saw; each step's row averages its updates."""
     algo = result.cfg.algo
     bf16 = result.cfg.model.dtype == "bfloat16"
     rtol, atol = (5e-2, 5e-3) if bf16 else (1e-4, 2e-6)
-    max_len = algo.max_response_len or result.cfg.rollout.max_new_tokens
-    checked = 0
-    for u in result.updates:
-        if u.metrics["tokens"] == 0:
-            continue
-        logp, entropy, _ = token_stats(u.params, u.batch, result.model_config)
-        ref = token_stats(result.ref_params, u.batch, result.model_config)[0] \
-            if algo.kl_beta else None
-        want = expected_metrics(logp, entropy, ref, u.batch, algo, max_len)
-        for key, value in want.items():
+    assert real_updates(result)
+    for u in real_updates(result):
+        for key, value in reference(result, u).items():
             if bf16 and key.startswith(("clip_frac", "dual_clip")):
                 continue
-            np.testing.assert_allclose(u.metrics[key], value, rtol=rtol, atol=atol,
-                                       err_msg=f"{name} step {u.rl_step}.{u.index}: {key}")
-        assert u.metrics["skipped"] == 0 and u.metrics["empty"] == 0
-        checked += 1
-    assert checked > 0 or name == "truncated"
+            np.testing.assert_allclose(
+                u.metrics[key], value, rtol=rtol, atol=atol,
+                err_msg=f"{result.name} step {u.rl_step}.{u.index}: {key}")
+        assert u.metrics["skipped"] == 0
     for step, row in result.rows.items():
         ups = [u for u in result.step_updates(step) if u.metrics["tokens"] > 0] or \
             result.step_updates(step)
-        for key in POLICY_KEYS[:-2]:
+        for key in POLICY_KEYS:
             if key in ups[0].metrics:
                 np.testing.assert_allclose(row[f"policy/{key}"],
                                            np.mean([u.metrics[key] for u in ups]),
-                                           rtol=1e-6, atol=1e-9, err_msg=f"{name} {key}")
-        for key in ("kl", "kl_loss", "entropy_loss"):
-            assert (f"policy/{key}" in row) == bool(
-                algo.kl_beta if key.startswith("kl") else algo.entropy_coef), key
+                                           rtol=1e-6, atol=1e-9, err_msg=key)
+        for key, on in (("kl", algo.kl_beta), ("kl_loss", algo.kl_beta),
+                        ("entropy_loss", algo.entropy_coef)):
+            assert (f"policy/{key}" in row) == bool(on), key
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_advantages_follow_the_mode(run, name):
-    """The batch's advantages are README's estimator of `algo.adv` on the step's rewards."""
-    result = run(name)
+def check_option_matters(result: Result, **alternatives) -> None:
+    """Under each alternative value of an `algo` field, README's maths gives numbers that the
+    maths check would reject (by 20 x its tolerance) for some update and metric: the check
+    really tells the option's values apart."""
+    for field, values in alternatives.items():
+        for value in values:
+            algo = dataclasses.replace(result.cfg.algo, **{field: value})
+            worst = max(abs(float(u.metrics[k]) - v) / (2e-6 + 1e-4 * abs(float(u.metrics[k])))
+                        for u in real_updates(result)
+                        for k, v in reference(result, u, algo).items() if k in u.metrics)
+            assert worst > 20, (result.name, field, value, worst)
+
+
+def check_advantages(result: Result) -> None:
+    """The batch's advantages are README's estimator of `algo.adv` on the step's rewards
+    (and not another mode's)."""
     g = result.cfg.rollout.group_size
     for step in result.rows:
         rewards = np.concatenate([grp["rewards"] for grp in result.groups[step - 1]])
-        batch = step_batch(result, step)
-        real = batch.valid_rows > 0
-        np.testing.assert_allclose(batch.adv[real],
-                                   expected_advantages(rewards, g, result.cfg.algo.adv),
-                                   rtol=1e-5, atol=1e-5, err_msg=f"{name} step {step}")
-        if name not in ("greedy_bf16", "truncated"):
-            assert np.abs(batch.adv).max() > 0.1  # the runs have a signal to learn from
+        adv = step_batch(result, step).adv[:len(rewards)]
+        np.testing.assert_allclose(adv, expected_advantages(rewards, g, result.cfg.algo.adv),
+                                   rtol=1e-5, atol=1e-5, err_msg=f"step {step}")
+        if np.abs(adv).max() > 0:
+            for other in {"group", "batch", "none", "rloo"} - {result.cfg.algo.adv}:
+                assert np.abs(adv - expected_advantages(rewards, g, other)).max() > 1e-3
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_learning_rate_follows_the_schedule(run, name):
+def check_learning_rate(result: Result) -> None:
     """Logged lr = warm-up / constant / cosine-with-floor at the optimizer step counter (which
     empty minibatches do not advance); the first real update moves every weight by at most
     that lr (Adam's first step is lr x sign(g)), and by nothing when the warm-up starts at 0."""
-    result = run(name)
     cfg = result.cfg
     total = cfg.train.steps * cfg.algo.num_iterations * cfg.algo.minibatches
     counter = 0
@@ -414,7 +421,7 @@ def test_learning_rate_follows_the_schedule(run, name):
         last = result.step_updates(step)[-1]
         assert row["lr"] == pytest.approx(expected_lr(cfg.optim, total, last.opt_step),
                                           rel=1e-6, abs=1e-12)
-    first = next(i for i, u in enumerate(result.updates) if u.metrics["tokens"] > 0)
+    first = result.updates.index(real_updates(result)[0])
     assert result.updates[first].metrics["grad_norm"] > 0
     if cfg.model.dtype != "float32":
         return
@@ -425,44 +432,42 @@ def test_learning_rate_follows_the_schedule(run, name):
     assert moved == pytest.approx(expected_lr(cfg.optim, total, 0), rel=1e-3, abs=0)
 
 
-@pytest.mark.parametrize("name", ["grpo", "dapo", "drgrpo_gspo", "rloo"])
-def test_old_logprobs_are_the_rollout_policy(run, name):
+def check_old_logprobs(result: Result) -> None:
     """The loss's old log-probs (the sampler's at mu = 1, recomputed with mu > 1 or
     rollout.recompute_old_logprobs) are the policy's at the step's start, so the step's first
     update has ratio 1 and approx_kl 0; a second pass (mu = 2) starts from a moved policy."""
-    result = run(name)
     cfg = result.cfg
     recomputed = cfg.rollout.recompute_old_logprobs or cfg.algo.num_iterations > 1
     tol = 1e-6 if recomputed else 2e-5
     for step in result.rows:
         first = result.step_updates(step)[0]
-        logp = token_stats(first.params, step_batch(result, step), result.model_config)[0]
         batch = step_batch(result, step)
+        logp = token_stats(first.params, batch, result.model_config)[0]
         gap = np.abs(np.where(batch.mask > 0, logp - batch.old_logp, 0.0)).max()
-        assert gap < 10 * tol, (name, step, gap)
+        assert gap < 10 * tol, (step, gap)
         assert abs(first.metrics["ratio_mean"] - 1) < tol
         assert abs(first.metrics["approx_kl"]) < tol
-        second_pass = result.step_updates(step)[cfg.algo.minibatches:]
         if cfg.algo.num_iterations > 1:
+            second_pass = result.step_updates(step)[cfg.algo.minibatches:]
             assert max(abs(u.metrics["ratio_mean"] - 1) for u in second_pass) > 1e-4
             assert max(abs(u.metrics["approx_kl"]) for u in second_pass) > 1e-6
 
 
-@pytest.mark.parametrize("name", ["grpo", "dapo", "drgrpo_gspo"])
-def test_kl_reference_is_the_starting_policy(run, name):
+def check_kl_reference(result: Result) -> None:
     """With kl_beta > 0 the reference is the policy RL starts from: KL is 0 on the first
-    update and not after; k2 and k3 are >= 0 everywhere."""
-    result = run(name)
+    update and not after; k2 and k3 are >= 0 everywhere; with token-mean the loss terms are
+    beta x the logged mean KL and -entropy_coef x the logged mean entropy."""
     algo = result.cfg.algo
     for a, b in zip(jax.tree.leaves(result.ref_params),
                     jax.tree.leaves(result.updates[0].params)):
         np.testing.assert_array_equal(a, b)
     first = result.updates[0].metrics
     assert abs(first["kl"]) < 1e-7 and abs(first["kl_loss"]) < 1e-8
-    assert max(abs(u.metrics["kl"]) for u in result.updates[1:]) > 1e-7
+    if len(result.updates) > 1:
+        assert max(abs(u.metrics["kl"]) for u in result.updates[1:]) > 1e-7
     if algo.kl_kind in ("k2", "k3"):
         assert min(u.metrics["kl"] for u in result.updates) >= 0
-    if algo.agg == "token-mean":  # then kl_loss = beta x the logged mean KL, exactly
+    if algo.agg == "token-mean":
         for row in result.rows.values():
             assert row["policy/kl_loss"] == pytest.approx(algo.kl_beta * row["policy/kl"],
                                                           rel=1e-5, abs=1e-12)
@@ -470,106 +475,63 @@ def test_kl_reference_is_the_starting_policy(run, name):
                 -algo.entropy_coef * row["policy/entropy"], rel=1e-5)
 
 
+def check_common(result: Result) -> None:
+    check_updates_match_the_maths(result)
+    check_advantages(result)
+    check_learning_rate(result)
+    if result.cfg.algo.kl_beta:
+        check_kl_reference(result)
+
+
+def rollout_tokens(result: Result, step: int):
+    """(policy probabilities [B, T, V] at the step's rollout, the sampled tokens' [B, T],
+    a mask of every generated token [B, T]) -- the overlong filter's mask hides some."""
+    batch = step_batch(result, step)
+    probs = np.exp(log_probs(result.step_updates(step)[0].params, batch, result.model_config))
+    t = batch.mask.shape[1]
+    chosen = np.take_along_axis(probs, batch.tokens[:, -t:, None], -1)[..., 0]
+    lengths, _ = completions(result, step)
+    lengths = np.concatenate([lengths, np.zeros(len(batch.adv) - len(lengths), int)])
+    return probs, chosen, np.arange(t)[None] < lengths[:, None]
+
+
 # --------------------------------------------------------------------------------------------
-# Checks of single runs.
+# The runs.
 
 
-def test_dual_clip_bites_only_with_clip_c(run):
-    grpo = run("grpo")
-    assert grpo.cfg.algo.clip_c is not None
-    assert max(u.metrics["dual_clip_frac"] for u in grpo.updates) > 0
-    assert max(r["policy/dual_clip_frac"] for r in grpo.rows.values()) > 0
-    for name in ("dapo", "rloo", "drgrpo_gspo"):
-        assert all(u.metrics["dual_clip_frac"] == 0 for u in run(name).updates)
-
-
-def test_clip_higher_clips_both_sides(run):
-    """rloo clips at 1 - 0.02 and 1 + 0.04 (clip-higher): its second passes clip tokens on
-    both sides, which the maths test matched token by token against those bounds."""
-    rloo = run("rloo")
-    assert rloo.cfg.algo.eps_high > rloo.cfg.algo.eps_low
-    assert max(u.metrics["clip_frac_low"] for u in rloo.updates) > 0
-    assert max(u.metrics["clip_frac_high"] for u in rloo.updates) > 0
-    assert all(r["policy/clip_frac"] == pytest.approx(
-        r["policy/clip_frac_low"] + r["policy/clip_frac_high"]) for r in rloo.rows.values())
-
-
-def test_top_p_samples_only_from_the_nucleus(run):
-    """Every rollout token of the top_p = 0.9 run lies in the 0.9 nucleus of the policy that
-    sampled it (the mass of strictly likelier tokens is < 0.9), and the nucleus did cut
-    tokens off at some positions."""
-    result = run("grpo")
+def test_grpo_run(tmp_path):
+    """GRPO family: plus the dual clip biting, mu = 2's second pass, nucleus sampling."""
+    result = train("grpo", str(tmp_path))
+    check_common(result)
+    check_old_logprobs(result)
+    check_option_matters(result, agg=["token-mean", "seq-mean-token-sum"], clip_c=[None],
+                         kl_kind=["k1", "k2"], entropy_coef=[0.0])
+    assert max(u.metrics["dual_clip_frac"] for u in result.updates) > 0
+    assert max(r["policy/dual_clip_frac"] for r in result.rows.values()) > 0
+    # top_p = 0.9: every sampled token lies in the 0.9 nucleus of the policy that sampled it
+    # (the mass of strictly likelier tokens is < 0.9), and the nucleus did cut tokens off.
     top_p = result.cfg.rollout.top_p
     for step in result.rows:
-        batch = step_batch(result, step)
-        _, _, lp_all = token_stats(result.step_updates(step)[0].params, batch,
-                                   result.model_config)
-        probs = np.exp(lp_all)
-        t = batch.mask.shape[1]
-        chosen = np.take_along_axis(probs, batch.tokens[:, -t:, None], -1)
-        likelier = np.where(probs > chosen, probs, 0).sum(-1)
-        valid = batch.mask > 0
+        probs, chosen, valid = rollout_tokens(result, step)
+        likelier = np.where(probs > chosen[..., None], probs, 0).sum(-1)
         assert likelier[valid].max() < top_p + 1e-5
-        outside = (np.sort(probs, -1)[..., ::-1].cumsum(-1) - np.sort(probs, -1)[..., ::-1]
-                   >= top_p).any(-1)
-        assert outside[valid].mean() > 0.5
+        desc = -np.sort(-probs, -1)
+        assert ((desc.cumsum(-1) - desc >= top_p).any(-1))[valid].mean() > 0.5
 
 
-def test_min_p_samples_only_above_the_floor(run):
-    """Every rollout token of the min_p = 0.6 run has probability >= 0.6 x the top token's,
-    and the floor did remove tokens."""
-    result = run("dapo")
-    min_p = result.cfg.rollout.min_p
-    for step in result.rows:
-        batch = step_batch(result, step)
-        probs = np.exp(token_stats(result.step_updates(step)[0].params, batch,
-                                   result.model_config)[2])
-        t = batch.mask.shape[1]
-        chosen = np.take_along_axis(probs, batch.tokens[:, -t:, None], -1)[..., 0]
-        floor = min_p * probs.max(-1)
-        lengths, _ = completions(result, step)
-        # The overlong filter zeroes the mask of truncated rows; check every generated token.
-        valid = np.arange(t)[None] < np.concatenate(
-            [lengths, np.zeros(len(batch.adv) - len(lengths), int)])[:, None]
-        assert (chosen[valid] >= floor[valid] * (1 - 1e-5)).all()
-        assert ((probs < floor[..., None]).any(-1))[valid].mean() > 0.5
-
-
-def test_top_k_1_groups_are_identical_and_carry_no_policy_gradient(run):
-    """top_k = 1: the G completions of each prompt are the same, every group advantage is
-    exactly 0, so pg_loss is exactly 0 and the loss is the entropy bonus alone (bf16)."""
-    result = run("greedy_bf16")
-    for grp in result.groups[0]:
-        assert all(c == grp["completions"][0] for c in grp["completions"])
-    assert len({tuple(grp["completions"][0]) for grp in result.groups[0]}) > 1
-    u = result.updates[0]
-    assert np.all(u.batch.adv == 0)
-    row = result.rows[1]
-    assert row["policy/pg_loss"] == 0.0
-    assert row["policy/loss"] == pytest.approx(-0.01 * row["policy/entropy"], rel=1e-5)
-    assert row["grad_norm"] > 0
-
-
-def test_bf16_compute_is_in_effect_and_close_to_fp32(run):
-    """model.dtype=bfloat16: the update's entropy is within bf16 error of the float32
-    recomputation (the maths test) but not equal to it."""
-    result = run("greedy_bf16")
-    u = result.updates[0]
-    _, entropy, _ = token_stats(u.params, u.batch, result.model_config)
-    m = u.batch.mask
-    fp32 = (entropy * m).sum() / m.sum()
-    assert u.metrics["entropy"] != pytest.approx(fp32, rel=1e-6)
-    assert u.metrics["entropy"] == pytest.approx(fp32, rel=2e-2)
-
-
-def test_overlong_shaping_and_filter(run):
-    """DAPO shaping: each completion's penalty is eq. 13 of its length and the logged mean
-    is their mean; the total reward adds it. The filter masks truncated completions out of
-    the loss: batch/tokens counts only completions that stopped."""
-    result = run("dapo")
+def test_dapo_run_and_the_same_run_sharded_rematted_unscanned(tmp_path):
+    """DAPO family: overlong shaping and filter, min-p sampling, k2 KL. Then a 2 x 2 x 2 mesh,
+    full remat and unscanned layers change no number: the same rollout and the same update
+    metrics as the default numerics (fsdp 8, no remat, scan) at step 1."""
+    result = train("dapo", str(tmp_path / "dapo"))
+    check_common(result)
+    check_old_logprobs(result)
+    check_option_matters(result, agg=["seq-mean-token-mean"], kl_kind=["k3"])
+    assert all(u.metrics["dual_clip_frac"] == 0 for u in result.updates)
     algo, max_len = result.cfg.algo, result.cfg.rollout.max_new_tokens
-    saw_truncated = saw_stopped = False
+    saw_cut = saw_stopped = False
     for step, row in result.rows.items():
+        # Overlong shaping: eq. 13 of each length, added to the total reward.
         lengths, finish = completions(result, step)
         penalty = [overlong_penalty(n, max_len, algo.overlong_buffer_len,
                                     algo.overlong_penalty_factor) for n in lengths]
@@ -578,21 +540,82 @@ def test_overlong_shaping_and_filter(run):
         assert row["reward/mean"] == pytest.approx(
             row["reward/accuracy/mean"] + 0.1 * row["reward/format/mean"] + np.mean(penalty),
             abs=1e-6)
+        # Overlong filter: truncated completions are out of the loss and the token count.
         stopped = finish != LENGTH
         assert row["batch/tokens"] == lengths[stopped].sum()
-        batch = step_batch(result, step)
-        n = batch.mask[:len(lengths)].sum(1)
+        n = step_batch(result, step).mask[:len(lengths)].sum(1)
         np.testing.assert_array_equal(n, np.where(stopped, lengths, 0))
-        saw_truncated |= (~stopped).any()
-        saw_stopped |= stopped.any()
-    assert saw_truncated and saw_stopped
+        saw_cut, saw_stopped = saw_cut or (~stopped).any(), saw_stopped or stopped.any()
+        # min_p = 0.6: every sampled token has probability >= 0.6 x the likeliest one's,
+        # and the floor did remove tokens.
+        probs, chosen, valid = rollout_tokens(result, step)
+        floor = result.cfg.rollout.min_p * probs.max(-1)
+        assert (chosen[valid] >= floor[valid] * (1 - 1e-5)).all()
+        assert ((probs < floor[..., None]).any(-1))[valid].mean() > 0.5
+    assert saw_cut and saw_stopped
+
+    sharded = train("sharded", str(tmp_path / "sharded"))
+    check_common(sharded)
+    base, other = result.rows[1], sharded.rows[1]
+    assert other.keys() == base.keys()
+    for key, value in base.items():
+        if key.startswith(TIMING):
+            continue
+        exact = key.startswith(("reward/", "response_length/", "batch/", "accuracy", "perf/"))
+        tol = dict(rel=0, abs=0) if exact else dict(rel=1e-4, abs=1e-6)
+        assert other[key] == pytest.approx(value, **tol), key
 
 
-def test_overlong_filter_empty_minibatches_change_nothing(run):
+def test_drgrpo_gspo_run(tmp_path):
+    """Dr. GRPO + GSPO: recomputed old log-probs give ratio 1 exactly at each step's start;
+    the sequence-level ratio and the norm aggregation are told apart from the alternatives."""
+    result = train("drgrpo_gspo", str(tmp_path))
+    check_common(result)
+    check_old_logprobs(result)
+    check_option_matters(result, agg=["seq-mean-token-sum", "token-mean"],
+                         ratio_level=["token"], kl_kind=["k3"], max_response_len=[16])
+
+
+def test_rloo_run(tmp_path):
+    """RLOO, seq-mean-token-sum, microbatches, mu = 2 with clip-higher bounds 0.98 / 1.04:
+    the second passes clip tokens on both sides."""
+    result = train("rloo", str(tmp_path))
+    check_common(result)
+    check_old_logprobs(result)
+    check_option_matters(result, agg=["seq-mean-token-mean", "token-mean"],
+                         eps_low=[0.2], eps_high=[0.2])
+    assert max(u.metrics["clip_frac_low"] for u in result.updates) > 0
+    assert max(u.metrics["clip_frac_high"] for u in result.updates) > 0
+    for row in result.rows.values():
+        assert row["policy/clip_frac"] == pytest.approx(
+            row["policy/clip_frac_low"] + row["policy/clip_frac_high"])
+
+
+def test_greedy_bf16_run(tmp_path):
+    """top_k = 1: the G completions of each prompt are the same, every group advantage is
+    exactly 0, so pg_loss is exactly 0 and the loss is the entropy bonus alone. bf16
+    compute: within bf16 error of the float32 maths (checked) but not equal to it."""
+    result = train("greedy_bf16", str(tmp_path))
+    check_common(result)
+    for grp in result.groups[0]:
+        assert all(c == grp["completions"][0] for c in grp["completions"])
+    assert len({tuple(grp["completions"][0]) for grp in result.groups[0]}) > 1
+    u = result.updates[0]
+    assert np.all(u.batch.adv == 0)
+    row = result.rows[1]
+    assert row["policy/pg_loss"] == 0.0
+    assert row["policy/loss"] == pytest.approx(-0.01 * row["policy/entropy"], rel=1e-5)
+    fp32 = reference(result, u)["entropy"]
+    assert u.metrics["entropy"] != pytest.approx(fp32, rel=1e-6)
+    assert u.metrics["entropy"] == pytest.approx(fp32, rel=2e-2)
+
+
+def test_truncated_run(tmp_path):
     """At most 2 new tokens: the penalty is eq. 13 of each length (-factor when cut); the
     filter leaves a minibatch (one group) empty exactly when none of its completions stopped,
     and an empty minibatch leaves parameters and optimizer state untouched."""
-    result = run("truncated")
+    result = train("truncated", str(tmp_path))
+    check_common(result)
     algo = result.cfg.algo
     for step, row in result.rows.items():
         lengths, finish = completions(result, step)
@@ -609,24 +632,10 @@ def test_overlong_filter_empty_minibatches_change_nothing(run):
     # seed that does.
     assert any(flags[i] and not all(flags[:i]) for i in range(len(flags)))
     params = [u.params for u in result.updates] + [result.final_params]
-    for i, u in enumerate(result.updates):
+    for i in range(len(result.updates)):
         same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params[i]),
                                                          jax.tree.leaves(params[i + 1])))
         assert same == flags[i], i
-
-
-def test_sharded_remat_unscanned_run_equals_the_default_run(run):
-    """A 2 x 2 x 2 mesh, full remat and unscanned layers change no number: the same rollout
-    (rewards, lengths) and the same update metrics as "dapo" (fsdp 8, no remat, scan) at
-    step 1, to float32 rounding."""
-    base, sharded = run("dapo").rows[1], run("sharded").rows[1]
-    assert sharded.keys() == base.keys()
-    for key, value in base.items():
-        if key.startswith(TIMING):
-            continue
-        exact = key.startswith(("reward/", "response_length/", "batch/", "accuracy"))
-        tol = dict(rel=0, abs=0) if exact else dict(rel=1e-4, abs=1e-6)
-        assert sharded[key] == pytest.approx(value, **tol), key
 
 
 # --------------------------------------------------------------------------------------------
