@@ -338,10 +338,10 @@ def reference(result: Result, u: Update, algo=None) -> dict:
     """README's metrics of update `u` (under `algo`, default the run's), from its inputs."""
     algo = algo or result.cfg.algo
     if not u.stats:
-        logp, entropy, lp_all = token_stats(u.params, u.batch, result.model_config)
+        logp, entropy, _ = token_stats(u.params, u.batch, result.model_config)
         ref = token_stats(result.ref_params, u.batch, result.model_config)[0] \
             if result.ref_params is not None else None
-        u.stats.update(logp=logp, entropy=entropy, probs=np.exp(lp_all), ref=ref)
+        u.stats.update(logp=logp, entropy=entropy, ref=ref)
     max_len = algo.max_response_len or result.cfg.rollout.max_new_tokens
     return expected_metrics(u.stats["logp"], u.stats["entropy"], u.stats["ref"], u.batch,
                             algo, max_len)
