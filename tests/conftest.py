@@ -30,3 +30,9 @@ def data_dir() -> str:
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(data_dir) -> str:
     return os.path.join(data_dir, "tokenizers", "qwen2.5_derived")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The end-to-end training runs first: pytest-xdist hands tests out in this order, so the
+    long runs overlap each other and the many short tests fill the workers' tails."""
+    items.sort(key=lambda item: 0 if os.sep + "train" + os.sep in str(item.fspath) else 1)

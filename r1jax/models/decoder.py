@@ -79,11 +79,15 @@ def _is_spec(x: Any) -> bool:
     return isinstance(x, ParamSpec)
 
 
-def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
-    """Random parameters N(0, 0.02) (norms 1, biases 0) in `cfg.param_dtype`."""
+def init_params(cfg: ModelConfig, key: jax.Array,
+                sharding: Optional[Sharding] = None) -> Params:
+    """Random parameters N(0, 0.02) (norms 1, biases 0) in `cfg.param_dtype`.
+
+    One compiled program makes every parameter; with `sharding`, each is created directly on
+    its shards (`param_shardings`), so no device ever holds a whole unsharded model.
+    """
     specs = param_specs(cfg)
     leaves, treedef = jax.tree.flatten(specs, is_leaf=_is_spec)
-    keys = jax.random.split(key, len(leaves))
     dtype = jnp.dtype(cfg.param_dtype)
 
     def make(spec: ParamSpec, k: jax.Array) -> jax.Array:
@@ -93,7 +97,12 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
             return jnp.zeros(spec.shape, dtype)
         return (INIT_STD * jax.random.normal(k, spec.shape, jnp.float32)).astype(dtype)
 
-    return jax.tree.unflatten(treedef, [make(s, k) for s, k in zip(leaves, keys)])
+    def build(key: jax.Array) -> Params:
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [make(s, keys[i]) for i, s in enumerate(leaves)])
+
+    out = None if sharding is None else param_shardings(cfg, sharding)
+    return jax.jit(build, out_shardings=out)(key)
 
 
 def param_shardings(cfg: ModelConfig, sharding: Sharding) -> Any:
@@ -290,9 +299,7 @@ class Decoder(nnx.Module):
         if params is None:
             if rngs is None:
                 raise ValueError("Decoder needs `rngs` (random init) or `params`")
-            params = init_params(config, rngs.params())
-            if sharding is not None:
-                params = jax.device_put(params, param_shardings(config, sharding))
+            params = init_params(config, rngs.params(), sharding)
         self.config = config
         self.sharding = sharding
         self.source_dir = source_dir

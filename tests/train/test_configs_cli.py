@@ -67,12 +67,13 @@ def test_tiny_variant_trains_two_steps_from_the_command_line(config, devices, da
     if config.startswith(("grpo", "dapo", "demo")):
         # The warm start leaves a policy whose rewards vary within groups: updates happen.
         assert rows[0]["grad_norm"] > 0
-    if algo.kl_beta > 0 and rows[0]["grad_norm"] > 0:
+    if algo.kl_beta > 0 and rows[0]["grad_norm"] > 1e-4:
         # The first optimizer step of RL sees policy == reference (KL 0); once an update
-        # moved the policy the estimate is positive.
+        # moved the policy the estimate is positive. (The recipes whose tiny variant earns
+        # no reward from a random model have only rounding-level gradients: no KL to see.)
         assert rows[-1]["policy/kl"] > 0 and rows[-1]["policy/kl_loss"] > 0
-    if algo.kl_beta == 0:
-        assert all(r["policy/kl"] == 0 for r in rows)
+    if algo.kl_beta == 0:  # no reference model: no KL is computed or logged
+        assert all(r.get("policy/kl", 0.0) == 0 for r in rows)
     if cfg.train.export_hf:
         assert os.path.exists(os.path.join(run_dir, "export", "config.json"))
 
