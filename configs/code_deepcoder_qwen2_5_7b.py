@@ -51,16 +51,9 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(steps=800, prompts_per_step=32, run_dir="runs/code_deepcoder",
                    checkpoint_every=25)
     if arg == "tiny":
-        c.model.update(path=None,
-                       tokenizer=recipes.shared_data("tokenizers/qwen2.5_derived"),
-                       arch=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=151936,
-                                 max_position_embeddings=1024, tie_word_embeddings=True))
+        recipes.tiny_chat_model(c, max_positions=1024)
         c.data.update(source="humaneval", recipe=None, max_prompt_tokens=384, limit=32)
-        c.rewards.update(num_workers=2)
-        c.rollout.update(group_size=2, max_new_tokens=16)
-        c.train.update(steps=2, prompts_per_step=4, checkpoint_every=0)
+        recipes.tiny_sizes(c)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

@@ -59,17 +59,10 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(steps=3600, prompts_per_step=8, run_dir="runs/logic_rl_qwen2_5_7b_kk",
                    checkpoint_every=100)
     if arg == "tiny":
-        c.model.update(path=None,
-                       tokenizer=recipes.shared_data("tokenizers/qwen2.5_derived"),
-                       arch=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=151936,
-                                 max_position_embeddings=512, tie_word_embeddings=True))
+        recipes.tiny_chat_model(c)
         c.data.update(num_generated=64, task_options=dict(min_people=2, max_people=3))
-        c.rewards.num_workers = 2
-        c.rollout.update(group_size=2, max_new_tokens=16)
         c.eval.update(limit=4, max_new_tokens=16, every=0)
-        c.train.update(steps=2, prompts_per_step=4, checkpoint_every=0)
+        recipes.tiny_sizes(c)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

@@ -72,12 +72,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(steps=600, prompts_per_step=64, run_dir="runs/mixture_math_code_logic",
                    checkpoint_every=50)
     if arg == "tiny":
-        c.model.update(path=None,
-                       tokenizer=recipes.shared_data("tokenizers/qwen2.5_derived"),
-                       arch=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=151936,
-                                 max_position_embeddings=1024, tie_word_embeddings=True))
+        recipes.tiny_chat_model(c, max_positions=1024)
         c.data.update(data_dir=recipes.shared_data(""), max_prompt_tokens=384)
         c.data.mixture[0].limit = 64
         c.data.mixture[1].update(source="humaneval", recipe=None, limit=32)
@@ -85,9 +80,7 @@ def get_config(arg: str = "") -> ConfigDict:
                                                                      max_people=3))
         c.data.mixture_schedule = [dict(from_step=0, weights=(0.6, 0.2, 0.2)),
                                    dict(from_step=1, weights=(0.2, 0.4, 0.4))]
-        c.rewards.num_workers = 2
-        c.rollout.update(group_size=2, max_new_tokens=16)
-        c.train.update(steps=2, prompts_per_step=4, checkpoint_every=0)
+        recipes.tiny_sizes(c)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

@@ -46,17 +46,10 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(steps=1000, prompts_per_step=256, run_dir="runs/tinyzero_countdown",
                    checkpoint_every=50)
     if arg == "tiny":
-        c.model.update(path=None,
-                       tokenizer=recipes.shared_data("tokenizers/qwen2.5_derived"),
-                       arch=dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, vocab_size=151936,
-                                 max_position_embeddings=512, tie_word_embeddings=True))
+        recipes.tiny_chat_model(c)
         c.data.update(num_generated=64)
-        c.rewards.num_workers = 2
-        c.rollout.update(group_size=2, max_new_tokens=16)
         c.eval.update(limit=4, max_new_tokens=16, every=0)
-        c.train.update(steps=2, prompts_per_step=4, checkpoint_every=0)
+        recipes.tiny_sizes(c)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

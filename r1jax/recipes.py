@@ -79,6 +79,33 @@ _ANSWER_FORMATS = {"boxed": "boxed", "regex": "answer_line", "answer_tag": "tags
                    "auto": "boxed"}
 
 
+# The tiny variants' model: 2 layers of the recipe's family (vocabulary and family set per use).
+TINY_ARCH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                 tie_word_embeddings=True)
+
+
+def tiny_chat_model(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
+                    family: str = "qwen2", max_positions: int = 512) -> Any:
+    """Sets `c.model` to a random `TINY_ARCH` model of `family` over the shared tokenizer
+    `$R1JAX_DATA_DIR/tokenizer` (Qwen2.5's and Qwen3's: 151,936 embedding rows), so that a
+    recipe's chat template renders exactly as with the full model."""
+    c.model.update(path=None, preset=None, tokenizer=shared_data(tokenizer), char_vocab=None,
+                   arch=dict(TINY_ARCH, model_type=family, vocab_size=151936,
+                             max_position_embeddings=max_positions))
+    return c
+
+
+def tiny_sizes(c: Any, *, prompts: int = 4, group_size: int = 2,
+               max_new_tokens: int = 16) -> Any:
+    """The smoke-run sizes of a tiny variant: 2 steps of `prompts` x `group_size` completions
+    of at most `max_new_tokens`, no checkpoints, 2 reward workers."""
+    c.rewards.num_workers = 2
+    c.rollout.update(group_size=group_size, max_new_tokens=max_new_tokens)
+    c.train.update(steps=2, prompts_per_step=prompts, checkpoint_every=0)
+    return c
+
+
 def tiny_variant(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
                  family: str = "qwen2") -> Any:
     """Shrinks config `c` in place to a CPU smoke run that keeps its algorithm.
@@ -95,15 +122,11 @@ def tiny_variant(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
     would be degenerate). Evaluation: 8 held-out sums before and after.
     """
     mode = c.rewards.functions[0]["kwargs"].get("mode", "auto")
-    arch = dict(model_type=family, hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512, tie_word_embeddings=True)
     if c.data.template == "plain":  # no chat template to render: a character vocabulary
         c.model.update(path=None, preset=None, tokenizer=None, char_vocab=TINY_CHARS,
-                       arch=arch)
+                       arch=dict(TINY_ARCH, model_type=family))
     else:
-        c.model.update(path=None, preset=None, tokenizer=shared_data(tokenizer),
-                       char_vocab=None, arch=dict(arch, vocab_size=151936))
+        tiny_chat_model(c, tokenizer=tokenizer, family=family)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.update(source="arithmetic", recipe=None, max_prompt_tokens=96, num_generated=400,
                   task_options=dict(terms=2, digits=1, answer_format=_ANSWER_FORMATS[mode]),
