@@ -403,7 +403,12 @@ class RewardsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """Sampling of G completions per prompt with the native sampler."""
+    """Sampling of G completions per prompt with the native sampler.
+
+    max_slots: rows that decode at once (the KV cache holds this many sequences); a rollout
+      asking for more completions runs them through the slots as others finish (continuous
+      batching). None: one static batch of all the step's completions.
+    """
 
     group_size: int = 8
     max_new_tokens: int = 1024
@@ -413,9 +418,13 @@ class RolloutConfig:
     min_p: float = 0.0
     truncate_prompts: bool = False
     recompute_old_logprobs: bool = False
+    max_slots: Optional[int] = None
 
     def validate(self, path: str) -> None:
         _check(self.group_size >= 1, path, "group_size", "must be >= 1")
+        _check(self.max_slots is None or self.max_slots >= self.group_size, path,
+               "max_slots", f"must be >= rollout.group_size ({self.group_size}): a group's "
+               "completions are admitted together, after one prefill of their prompt")
         _check(self.max_new_tokens >= 1, path, "max_new_tokens", "must be >= 1")
         _check(self.temperature > 0, path, "temperature",
                "must be > 0 for RL rollouts (greedy rollouts give no exploration)")
@@ -617,6 +626,10 @@ class RunConfig:
                    "differs from prompts_per_step only with algo.dynamic_sampling")
         _check(self.train.prompts_per_step % self.algo.minibatches == 0, path,
                "algo.minibatches", "must divide train.prompts_per_step")
+        if self.rollout.max_slots is not None and self.eval.source is not None:
+            _check(self.eval.n <= self.rollout.max_slots, path, "eval.n",
+                   f"must be <= rollout.max_slots ({self.rollout.max_slots}): evaluation "
+                   "samples on the rollout engine, one group of n at a time at least")
         if self.data.mixture:
             _check(self.sft.steps == 0, path, "sft.steps",
                    "a warm start needs one data source; data.mixture has several")

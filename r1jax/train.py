@@ -65,7 +65,8 @@ class Trainer:
         max_new = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens or 0)
         self.sampler = Sampler(model, max_prompt_len=cfg.data.max_prompt_tokens,
                                max_new_tokens=max_new, eos_token_ids=self.stop_ids,
-                               pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts)
+                               pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts,
+                               max_slots=cfg.rollout.max_slots)
         self.pool = builder.build_reward_pool(cfg.rewards, cfg.data)
         self.accuracy_name = builder.accuracy_names(cfg.rewards, cfg.data)
         shard, shards = builder.process_shard()

@@ -159,10 +159,14 @@ class RLSteps:
     def update(self, batch: RLBatch) -> dict:
         """mu passes of `minibatches` optimizer steps over the batch; averaged metrics."""
         algo = self.cfg.algo
+        mismatch = {}
         if self.cfg.rollout.recompute_old_logprobs or algo.num_iterations > 1:
-            batch.old_logp = self._logprobs(self.params, batch) * batch.mask
+            recomputed = self.logprobs(self.params, batch) * batch.mask
+            mismatch = jax.device_get(_logprob_mismatch(batch.old_logp, recomputed,
+                                                        batch.mask))
+            batch.old_logp = recomputed
         if self.ref_params is not None:
-            batch.ref_logp = self._logprobs(self.ref_params, batch)
+            batch.ref_logp = self.logprobs(self.ref_params, batch)
         rows = batch.tokens.shape[0] // algo.minibatches
         collected = []
         for _ in range(algo.num_iterations):
@@ -171,8 +175,22 @@ class RLSteps:
                 self.state, metrics = self._update(self.state, batch.rows(m * rows,
                                                                           (m + 1) * rows))
                 collected.append(dict(metrics, lr=lr))
-        return summarize_updates(jax.device_get(collected), algo.minibatches,
-                                 float(jnp.sum(batch.valid_rows)))
+        out = summarize_updates(jax.device_get(collected), algo.minibatches,
+                                float(jnp.sum(batch.valid_rows)))
+        out.update({f"logprob_mismatch/{k}": float(v) for k, v in mismatch.items()})
+        return out
+
+    def logprobs(self, params: Any, batch: RLBatch) -> jax.Array:
+        """[B, T] log-probs of the batch's completions, computed in row chunks of one update
+        microbatch (B / minibatches / microbatches rows), so that the pass never holds the
+        activations of the whole step batch."""
+        algo = self.cfg.algo
+        rows = batch.tokens.shape[0]
+        chunk = max(rows // (algo.minibatches * algo.microbatches), 1)
+        if chunk >= rows:
+            return self._logprobs(params, batch)
+        return jnp.concatenate([self._logprobs(params, batch.rows(a, a + chunk))
+                                for a in range(0, rows, chunk)], axis=0)
 
     def sft_program(self, cfg: SFTConfig) -> tuple[Any, Any, Any]:
         """(init, update, state shardings) of the warm start's own optimizer."""
@@ -233,6 +251,24 @@ class RLSteps:
         return out, (sft_state if step < cfg.steps else None)
 
 
+@jax.jit
+def _logprob_mismatch(sampler_logp: jax.Array, trainer_logp: jax.Array,
+                      mask: jax.Array) -> dict:
+    """How far the sampler's log-probs of the sampled tokens are from the trainer's.
+
+    Args:
+      sampler_logp, trainer_logp, mask: [B, T] (mask 1 on the tokens that count).
+    Returns:
+      mean_abs, max_abs: of |sampler - trainer| per token; kl: the k3 estimate of
+      KL(sampler || trainer), mean over tokens of r - 1 - log r with r = p_trainer / p_sampler
+      (the tokens were drawn from the sampler).
+    """
+    d = (trainer_logp - sampler_logp) * mask
+    count = jnp.maximum(mask.sum(), 1.0)
+    return {"mean_abs": jnp.abs(d).sum() / count, "max_abs": jnp.abs(d).max(),
+            "kl": ((jnp.exp(d) - 1.0 - d) * mask).sum() / count}
+
+
 def summarize_updates(host: list[dict], minibatches: int, rows: float) -> dict:
     """The step's update metrics from each optimizer step's (host) metrics, in order.
 
@@ -285,6 +321,11 @@ def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:
     out["time/reward_s"] = sum(g.seconds["reward"] for g in gens)
     out["perf/generated_tokens"] = float(lengths.sum())
     out["perf/generated_tokens_per_s"] = float(lengths.sum()) / max(rollout_s, 1e-9)
+    stats = [g.output.stats for g in gens]
+    if "slot_steps" in stats[0]:  # the continuous-batching engine
+        slot_steps = sum(s["slot_steps"] for s in stats)
+        capacity = sum(s["decode_steps"] * s["slots"] for s in stats)
+        out["perf/slot_utilization"] = slot_steps / max(capacity, 1)
     if ds_stats is not None:
         for k, v in ds_stats.as_dict().items():
             out[f"dynamic_sampling/{k}"] = float(v)

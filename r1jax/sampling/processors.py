@@ -81,7 +81,8 @@ def sample(logits: jax.Array, key: jax.Array,
 
     Args:
       logits: [B, V] raw (temperature 1) logits of the policy.
-      key: PRNG key for this step.
+      key: a PRNG key for the whole step (one uniform per row drawn from it), or [B] keys,
+        one per row (each row's draw then depends on its own key only).
       params: sampling parameters.
     Returns:
       tokens [B] int32, logp [B] log-probability of the token under the policy at temperature
@@ -96,7 +97,10 @@ def sample(logits: jax.Array, key: jax.Array,
     unfiltered = params == SamplingParams(temperature=1.0)
     sample_logp = policy_logp if unfiltered else jax.nn.log_softmax(
         filter_logits(logits, params), axis=-1)
-    u = jax.random.uniform(key, (logits.shape[0],), jnp.float32)
+    if key.ndim == 0:
+        u = jax.random.uniform(key, (logits.shape[0],), jnp.float32)
+    else:
+        u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
     tokens = inverse_cdf(jnp.exp(sample_logp), u)
     return tokens, _take(policy_logp, tokens), _take(sample_logp, tokens)
 

@@ -10,12 +10,23 @@ One jitted program per (batch, prompt bucket, max_new_tokens, sampling params):
    at slot len_b, attends to slots [0, len_b] through the model's decode-attention switch, and
    samples the next token; it exits as soon as every row has stopped.
 
+With `max_slots=N` the same steps run as a continuous-batching engine (`_generate_slots`):
+the KV cache holds N rows (slots); while at least n slots are free and prompts wait, the next
+prompts are prefilled (a few at a time, once per group) and their n rows take free slots;
+every decode step advances all occupied slots, each at its own position, and a row that stops
+frees its slot at once. Rows come back in the same order whatever N is.
+
+Randomness: the token at position t of sample i of prompt p is drawn with the key
+fold_in(fold_in(fold_in(key(seed), p), i), t), so a completion never depends on N, on which
+rows share its batch, or on the mesh.
+
 Only [B, V] logits exist at any time (never [B, T, V]). The policy log-probability of each
 sampled token (temperature 1, what the RL loss uses as old log-probs) and its log-probability
 under the sampling distribution are recorded as the loop goes.
 
 Glossary: P prompts, n completions per prompt, B = P * n rows, Sp prompt bucket, T max new
-tokens, S = Sp + T cache slots, L layers, K KV heads, Dh head dim, V vocab.
+tokens, S = Sp + T cache positions per row, N slots (rows of the engine's cache), L layers,
+K KV heads, Dh head dim, V vocab.
 """
 
 from __future__ import annotations
@@ -58,7 +69,8 @@ class SampleOutput:
       prompt_index: [B] index of the prompt each row continues.
       prompt_ids: the prompts as used (after any truncation), one list per prompt.
       stats: counts and timings: prompts, rows, truncated_prompts, generated_tokens,
-        decode_steps, seconds.
+        decode_steps, seconds; with slots also slots, slot_steps (occupied slot-steps of the
+        decode loop), slot_utilization (slot_steps / (decode_steps x slots)), prefills.
     """
 
     tokens: np.ndarray
@@ -101,13 +113,23 @@ class Sampler:
       pad_id: written after a completion stops.
       truncate_prompts: left-truncate instead of raising.
       cache_dtype: KV cache dtype; default the model's compute dtype.
+      max_slots: rows decoded at once (continuous batching, see the module docstring); must
+        be >= every call's n and a multiple of the mesh's batch parallelism. None: each call
+        is one static batch of all its rows.
     """
 
     def __init__(self, model: Any, *, max_prompt_len: int = 1024, max_new_tokens: int = 1024,
                  eos_token_ids: Sequence[int] = (), pad_id: int = 0,
-                 truncate_prompts: bool = False, cache_dtype: Optional[str] = None):
+                 truncate_prompts: bool = False, cache_dtype: Optional[str] = None,
+                 max_slots: Optional[int] = None):
         if max_prompt_len < 1 or max_new_tokens < 1:
             raise ValueError("max_prompt_len and max_new_tokens must be >= 1")
+        par = model.sharding.batch_parallelism if model.sharding is not None else 1
+        if max_slots is not None and (isinstance(max_slots, bool) or max_slots < 1
+                                      or max_slots % par):
+            raise ValueError(f"max_slots must be a positive multiple of the batch "
+                             f"parallelism {par}, got {max_slots}")
+        self.max_slots = max_slots
         self.model = model
         self.config: ModelConfig = model.config
         self.sharding: Optional[Sharding] = model.sharding
@@ -145,13 +167,16 @@ class Sampler:
                              f"got {max_new}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n}")
+        if self.max_slots is not None and n > self.max_slots:
+            raise ValueError(f"n={n} completions per prompt need at least that many slots; "
+                             f"the sampler has max_slots={self.max_slots}")
         prompts, truncated = self._prepare_prompts(prompt_ids)
         stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
         tokens, lens, num_prompts = self._pack(prompts)
         fn = self._program(tokens.shape, n, max_new, sp, stops)
         start = time.perf_counter()
         out = fn(self.model.params if params is None else params, tokens, lens,
-                 jax.random.key(seed))
+                 jnp.int32(num_prompts), jax.random.key(seed))
         out = jax.tree.map(np.asarray, jax.device_get(out))
         seconds = time.perf_counter() - start
         rows = num_prompts * n
@@ -165,6 +190,11 @@ class Sampler:
                      "prompt_tokens": int(sum(map(len, prompts))),
                      "generated_tokens": int(res.lengths.sum()),
                      "decode_steps": int(out["steps"]), "seconds": seconds}
+        if self.max_slots is not None:
+            steps = max(int(out["steps"]), 1)
+            res.stats.update(slots=self.max_slots, slot_steps=int(out["slot_steps"]),
+                             slot_utilization=int(out["slot_steps"]) / (steps * self.max_slots),
+                             prefills=int(out["prefills"]))
         return res
 
     # ------------------------------------------------------------------------------------
@@ -189,11 +219,17 @@ class Sampler:
                 truncated += 1
         return prompts, truncated
 
+    @property
+    def _parallelism(self) -> int:
+        return self.sharding.batch_parallelism if self.sharding is not None else 1
+
     def _pack(self, prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray, int]:
-        """Left-aligned [P', Sp] prompts (P' padded to the batch parallelism) and lengths."""
-        par = self.sharding.batch_parallelism if self.sharding is not None else 1
+        """Left-aligned [P', Sp] prompts and lengths. Static batches pad P' to the batch
+        parallelism; the engine to a whole number of prefill batches plus one more (its
+        prefill reads a full batch from any prompt on)."""
+        par = self._parallelism
         num = len(prompts)
-        rows = -(-num // par) * par
+        rows = -(-num // par) * par + (par if self.max_slots is not None else 0)
         width = _bucket(max(map(len, prompts)), 16, self.max_prompt_len)
         tokens = np.full((rows, width), self.pad_id, np.int32)
         lens = np.ones((rows,), np.int32)  # padding rows: one pad token, results dropped
@@ -205,9 +241,13 @@ class Sampler:
     def _program(self, shape, n, max_new, sp, stops):
         key = (shape, n, max_new, sp, stops)
         if key not in self._compiled:
-            fn = functools.partial(_generate, cfg=self.config, sharding=self.sharding, n=n,
-                                   max_new=max_new, sp=sp, stops=stops, pad_id=self.pad_id,
-                                   cache_dtype=self.cache_dtype)
+            kwargs = dict(cfg=self.config, sharding=self.sharding, n=n, max_new=max_new,
+                          sp=sp, stops=stops, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
+            if self.max_slots is None:
+                fn = functools.partial(_generate, **kwargs)
+            else:
+                fn = functools.partial(_generate_slots, slots=self.max_slots,
+                                       prefill_rows=self._parallelism, **kwargs)
             self._compiled[key] = jax.jit(fn)
         return self._compiled[key]
 
@@ -279,23 +319,42 @@ def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding, 
     return decoder.logits_from_hidden(embed_params, h, cfg), (tuple(new_k), tuple(new_v))
 
 
-def _generate(params, tokens, lens, key, *, cfg, sharding, n, max_new, sp, stops, pad_id,
-              cache_dtype):
+def _row_keys(key: jax.Array, rows: jax.Array, n: int) -> jax.Array:
+    """[R] keys of completion rows `rows` (= prompt * n + sample): fold_in(fold_in(key,
+    prompt), sample). Position t's key is `_at(keys, t)`."""
+    fold = jax.random.fold_in
+    return jax.vmap(lambda r: fold(fold(key, r // n), r % n))(rows)
+
+
+def _at(keys: jax.Array, t: jax.Array) -> jax.Array:
+    """[R] keys fold_in(keys[r], t[r]) (t [R] or a scalar)."""
+    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(t, keys.shape))
+
+
+def _weights(params, cfg):
+    """Compute-dtype weights, cast and sliced per layer once, outside the decode loop: the
+    loop body then reads each layer's weights in place, with no per-step slicing or casting."""
+    compute = decoder.cast(params, cfg.dtype)
+    layer_params = [decoder.layer_slice(compute["layers"], i) for i in range(cfg.num_layers)]
+    head_params = {key_: compute[key_] for key_ in compute if key_ != "layers"}
+    return layer_params, head_params
+
+
+def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_new, sp, stops,
+              pad_id, cache_dtype):
+    del num_prompts  # padding rows run and are dropped by the caller
     keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)  # at trace time
     k, v, logits = _prefill(params, tokens, lens, cfg, sharding)
     cache = _init_cache(k, v, n, tokens.shape[1] + max_new, cache_dtype, sharding, keys_t)
     logits = jnp.repeat(logits, n, axis=0)
     pos = jnp.repeat(lens, n)  # next free cache slot = position of the next token
     rows = logits.shape[0]
-    # Cast and slice the weights once, outside the loop: the loop body then reads each
-    # layer's weights in place, with no per-step slicing or casting.
-    compute = decoder.cast(params, cfg.dtype)
-    layer_params = [decoder.layer_slice(compute["layers"], i) for i in range(cfg.num_layers)]
-    head_params = {key_: compute[key_] for key_ in compute if key_ != "layers"}
+    layer_params, head_params = _weights(params, cfg)
     stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
+    row_keys = _row_keys(key, jnp.arange(rows, dtype=jnp.int32), n)
 
     def record(state, logits, step):
-        tok, logp, slogp = sample(logits, jax.random.fold_in(key, step), sp)
+        tok, logp, slogp = sample(logits, _at(row_keys, step), sp)
         done = state["done"]
         tok = jnp.where(done, pad_id, tok)
         live = ~done
@@ -334,3 +393,150 @@ def _generate(params, tokens, lens, key, *, cfg, sharding, n, max_new, sp, stops
     state, _, _, steps = lax.while_loop(cond, body, (state, cache, tok, jnp.int32(1)))
     return {"tokens": state["tokens"], "lengths": state["lengths"], "finish": state["finish"],
             "logp": state["logp"], "sample_logp": state["sample_logp"], "steps": steps}
+
+
+# ----------------------------------------------------------------------------------------
+# The continuous-batching engine.
+
+
+def _empty_cache(cfg, slots, size, dtype, sharding, keys_t):
+    """Per-layer zero caches of `slots` rows: values [N, K, S, Dh], keys the same or
+    [N, K, Dh, S] when `keys_t`."""
+    shape = (slots, cfg.num_kv_heads, size, cfg.head_dim)
+    def one(transposed):
+        s = (shape[0], shape[1], shape[3], shape[2]) if transposed else shape
+        return constrain(jnp.zeros(s, dtype), KEY_CACHE_T_AXES if transposed else CACHE_AXES,
+                         sharding)
+    return (tuple(one(keys_t) for _ in range(cfg.num_layers)),
+            tuple(one(False) for _ in range(cfg.num_layers)))
+
+
+def _insert_prompts(cache, k, v, slot_ids, n, keys_t):
+    """Writes prompt K/V (k, v [L, Pp, Sp, K, Dh]) into positions [0, Sp) of the cache rows
+    `slot_ids` [Pp * n] (row j * n + i gets prompt j; out-of-range ids are dropped)."""
+    cache_k, cache_v = cache
+    width = k.shape[2]
+    def put(c, x, transposed):
+        x = jnp.repeat(x, n, axis=0).transpose(0, 2, 1, 3)  # [Pp n, K, Sp, Dh]
+        if transposed:
+            x = jnp.swapaxes(x, 2, 3)
+            index = (slot_ids, slice(None), slice(None), slice(0, width))
+        else:
+            index = (slot_ids, slice(None), slice(0, width))
+        bits = (jnp.uint16 if c.dtype in (jnp.bfloat16, jnp.float16) else None)
+        if bits is None:
+            return c.at[index].set(x.astype(c.dtype), mode="drop")
+        cast = lambda a: lax.bitcast_convert_type(a, bits)
+        return lax.bitcast_convert_type(
+            cast(c).at[index].set(cast(x.astype(c.dtype)), mode="drop"), c.dtype)
+    return (tuple(put(c, k[i], keys_t) for i, c in enumerate(cache_k)),
+            tuple(put(c, v[i], False) for i, c in enumerate(cache_v)))
+
+
+def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_new, sp,
+                    stops, pad_id, cache_dtype, slots, prefill_rows):
+    """The engine: `slots` cache rows, prompts admitted `prefill_rows` at a time.
+
+    Args:
+      tokens: [P', Sp] left-aligned prompts, P' >= num_prompts + prefill_rows (padding rows
+        are never admitted).
+      lens: [P'] prompt lengths.
+      num_prompts: scalar int32, the real prompts.
+    Returns:
+      the same dict as `_generate` over R = P' * n rows (rows of padding prompts stay
+      empty), plus slot_steps (occupied slot-steps) and prefills (prefill passes run).
+    """
+    keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)
+    width = tokens.shape[1]
+    total = tokens.shape[0] * n
+    pp = prefill_rows
+    layer_params, head_params = _weights(params, cfg)
+    stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
+    cache = _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t)
+    out = {
+        "tokens": jnp.full((total, max_new), pad_id, jnp.int32),
+        "logp": jnp.zeros((total, max_new), jnp.float32),
+        "sample_logp": jnp.zeros((total, max_new), jnp.float32),
+        "lengths": jnp.zeros((total,), jnp.int32),
+        "finish": jnp.full((total,), LENGTH, jnp.int32),
+    }
+    free_row = jnp.int32(-1)
+    state = {
+        "row": jnp.full((slots,), free_row, jnp.int32),  # completion row in the slot, or -1
+        "pos": jnp.zeros((slots,), jnp.int32),  # cache position of the token fed next
+        "t": jnp.zeros((slots,), jnp.int32),  # completion tokens the row has so far
+        "tok": jnp.full((slots,), pad_id, jnp.int32),  # the token fed next
+        "key": _row_keys(key, jnp.zeros((slots,), jnp.int32), n),  # the row's key
+        "next": jnp.int32(0), "steps": jnp.int32(0), "slot_steps": jnp.int32(0),
+        "prefills": jnp.int32(0),
+    }
+
+    def record(out, rows, keys, t, logits, live):
+        """Samples position t of `rows` ([M] each, with their keys; rows where `live` is False
+        are skipped) and writes the results; returns (out, tokens [M], stopped-or-full [M])."""
+        tok, logp, slogp = sample(logits, _at(keys, t), sp)
+        target = jnp.where(live, rows, total)  # out of range: dropped
+        out = dict(out)
+        out["tokens"] = out["tokens"].at[target, t].set(tok, mode="drop")
+        out["logp"] = out["logp"].at[target, t].set(logp, mode="drop")
+        out["sample_logp"] = out["sample_logp"].at[target, t].set(slogp, mode="drop")
+        out["lengths"] = out["lengths"].at[target].add(1, mode="drop")
+        stopped = jnp.isin(tok, stop_ids)
+        out["finish"] = out["finish"].at[jnp.where(stopped, target, total)].set(
+            STOP, mode="drop")
+        return out, tok, stopped | (t + 1 >= max_new)
+
+    def can_admit(carry):
+        _, st, _ = carry
+        free = jnp.sum(st["row"] < 0)
+        return (st["next"] < num_prompts) & (free >= n)
+
+    def admit(carry):
+        """Prefills the next min(pp, free // n, waiting) prompts into free slots."""
+        out, st, cache = carry
+        free = st["row"] < 0
+        count = jnp.minimum(jnp.minimum(pp, jnp.sum(free) // n), num_prompts - st["next"])
+        batch = lax.dynamic_slice_in_dim(tokens, st["next"], pp)
+        blens = lax.dynamic_slice_in_dim(lens, st["next"], pp)
+        k, v, logits = _prefill(params, batch, blens, cfg, sharding)
+        admitted = jnp.repeat(jnp.arange(pp) < count, n)  # [pp n]
+        slot_ids = jnp.nonzero(free, size=pp * n, fill_value=slots)[0]
+        slot_ids = jnp.where(admitted, slot_ids, slots)
+        cache = _insert_prompts(cache, k, v, slot_ids, n, keys_t)
+        rows = st["next"] * n + jnp.arange(pp * n, dtype=jnp.int32)
+        keys = _row_keys(key, rows, n)
+        out, tok, done = record(out, rows, keys, jnp.int32(0), jnp.repeat(logits, n, axis=0),
+                                admitted)
+        occupy = jnp.where(admitted & ~done, slot_ids, slots)
+        st = dict(st)
+        st["row"] = st["row"].at[occupy].set(rows, mode="drop")
+        st["key"] = st["key"].at[occupy].set(keys, mode="drop")
+        st["pos"] = st["pos"].at[occupy].set(jnp.repeat(blens, n), mode="drop")
+        st["t"] = st["t"].at[occupy].set(1, mode="drop")
+        st["tok"] = st["tok"].at[occupy].set(tok, mode="drop")
+        st["next"] = st["next"] + count
+        st["prefills"] = st["prefills"] + 1
+        return out, st, cache
+
+    def cond(carry):
+        _, st, _ = carry
+        return jnp.any(st["row"] >= 0) | (st["next"] < num_prompts)
+
+    def body(carry):
+        out, st, cache = lax.while_loop(can_admit, admit, carry)
+        live = st["row"] >= 0
+        pos = jnp.where(live, st["pos"], 0)  # free slots write position 0, later overwritten
+        logits, cache = _decode_step(layer_params, head_params, cache, st["tok"], pos, cfg,
+                                     sharding, keys_t)
+        out, tok, done = record(out, st["row"], st["key"], st["t"], logits, live)
+        st = dict(st)
+        st["row"] = jnp.where(live & ~done, st["row"], free_row)
+        st["pos"] = st["pos"] + 1
+        st["t"] = st["t"] + 1
+        st["tok"] = tok
+        st["steps"] = st["steps"] + 1
+        st["slot_steps"] = st["slot_steps"] + jnp.sum(live).astype(jnp.int32)
+        return out, st, cache
+
+    out, st, _ = lax.while_loop(cond, body, (out, state, cache))
+    return dict(out, steps=st["steps"], slot_steps=st["slot_steps"], prefills=st["prefills"])

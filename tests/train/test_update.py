@@ -84,3 +84,43 @@ def test_sft_loss_is_the_mean_nll_of_solution_tokens():
     nll = -np.take_along_axis(np.asarray(logp), targets[..., None], -1)[..., 0]
     expected = (nll * batch.mask).sum() / batch.mask.sum()
     assert float(metrics["sft/loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_logprob_mismatch_metrics_by_hand():
+    from r1jax.rl.steps import _logprob_mismatch
+    sampler = np.array([[-1.0, -2.0, -0.5], [-3.0, -1.0, 0.0]], np.float32)
+    trainer = np.array([[-1.1, -2.0, -0.2], [-2.5, -9.0, 0.0]], np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)  # row 1's -9 is padding
+    got = jax.tree.map(float, _logprob_mismatch(sampler, trainer, mask))
+    d = np.array([-0.1, 0.0, 0.3, 0.5])
+    assert got["mean_abs"] == pytest.approx(0.9 / 4, rel=1e-5)
+    assert got["max_abs"] == pytest.approx(0.5, rel=1e-5)
+    assert got["kl"] == pytest.approx(np.mean(np.exp(d) - 1 - d), rel=1e-4)
+
+
+@pytest.mark.parametrize("minibatches,microbatches", [(1, 1), (2, 2), (1, 4)])
+def test_log_prob_pass_in_row_chunks_equals_a_plain_forward(minibatches, microbatches):
+    from r1jax.config import base_config, run_config_from
+    from r1jax.rl.steps import RLSteps
+    c = base_config()
+    c.model.path = "unused"
+    c.train.prompts_per_step = 4
+    c.rollout.group_size = 4
+    c.algo.update(minibatches=minibatches, microbatches=microbatches)
+    sharding = Sharding(make_mesh(data=2, fsdp=2, tensor=2))
+    params = jax.device_put(init_params(CFG, jax.random.key(1)), param_shardings(CFG, sharding))
+    steps = RLSteps(CFG, run_config_from(c), sharding, params)
+    batch = make_batch(seed=3)
+    calls = []
+    plain = steps._logprobs
+    steps._logprobs = lambda p, b: calls.append(b.tokens.shape[0]) or plain(p, b)
+    got = np.asarray(steps.logprobs(steps.params, jax.device_put(batch, steps.batch_sharding)))
+    assert calls == [16 // (minibatches * microbatches)] * (minibatches * microbatches)
+    # Reference: log_softmax of a plain full-sequence forward, at the completion columns.
+    logits = np.asarray(forward(steps.params, batch.tokens, CFG, positions=batch.positions,
+                                segment_ids=batch.segment_ids), np.float64)
+    width = batch.tokens.shape[1] - MAX_LEN
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    ref = np.take_along_axis(logp[:, width - 1:-1], batch.tokens[:, width:, None], -1)[..., 0]
+    np.testing.assert_allclose(got * batch.mask, ref * batch.mask, atol=2e-5)
