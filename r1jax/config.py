@@ -422,9 +422,8 @@ class RolloutConfig:
 
     def validate(self, path: str) -> None:
         _check(self.group_size >= 1, path, "group_size", "must be >= 1")
-        _check(self.max_slots is None or self.max_slots >= self.group_size, path,
-               "max_slots", f"must be >= rollout.group_size ({self.group_size}): a group's "
-               "completions are admitted together, after one prefill of their prompt")
+        _check(self.max_slots is None or self.max_slots >= 1, path, "max_slots",
+               "must be >= 1 (or None)")
         _check(self.max_new_tokens >= 1, path, "max_new_tokens", "must be >= 1")
         _check(self.temperature > 0, path, "temperature",
                "must be > 0 for RL rollouts (greedy rollouts give no exploration)")
@@ -626,10 +625,6 @@ class RunConfig:
                    "differs from prompts_per_step only with algo.dynamic_sampling")
         _check(self.train.prompts_per_step % self.algo.minibatches == 0, path,
                "algo.minibatches", "must divide train.prompts_per_step")
-        if self.rollout.max_slots is not None and self.eval.source is not None:
-            _check(self.eval.n <= self.rollout.max_slots, path, "eval.n",
-                   f"must be <= rollout.max_slots ({self.rollout.max_slots}): evaluation "
-                   "samples on the rollout engine, one group of n at a time at least")
         if self.data.mixture:
             _check(self.sft.steps == 0, path, "sft.steps",
                    "a warm start needs one data source; data.mixture has several")

@@ -11,10 +11,10 @@ One jitted program per (batch, prompt bucket, max_new_tokens, sampling params):
    samples the next token; it exits as soon as every row has stopped.
 
 With `max_slots=N` the same steps run as a continuous-batching engine (`_generate_slots`):
-the KV cache holds N rows (slots); while at least n slots are free and prompts wait, the next
-prompts are prefilled (a few at a time, once per group) and their n rows take free slots;
-every decode step advances all occupied slots, each at its own position, and a row that stops
-frees its slot at once. Rows come back in the same order whatever N is.
+the KV cache holds N rows (slots); the next prompts are prefilled (a few at a time, once per
+group) into a staging buffer whose n rows per prompt take slots as they free up; every decode
+step advances all occupied slots, each at its own position, and a row that stops frees its
+slot at once. Rows come back in the same order whatever N is.
 
 Randomness: the token at position t of sample i of prompt p is drawn with the key
 fold_in(fold_in(fold_in(key(seed), p), i), t), so a completion never depends on N, on which
@@ -113,9 +113,9 @@ class Sampler:
       pad_id: written after a completion stops.
       truncate_prompts: left-truncate instead of raising.
       cache_dtype: KV cache dtype; default the model's compute dtype.
-      max_slots: rows decoded at once (continuous batching, see the module docstring); must
-        be >= every call's n and a multiple of the mesh's batch parallelism. None: each call
-        is one static batch of all its rows.
+      max_slots: rows decoded at once (continuous batching, see the module docstring); a
+        multiple of the mesh's batch parallelism. None: each call is one static batch of all
+        its rows.
     """
 
     def __init__(self, model: Any, *, max_prompt_len: int = 1024, max_new_tokens: int = 1024,
@@ -167,9 +167,6 @@ class Sampler:
                              f"got {max_new}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n}")
-        if self.max_slots is not None and n > self.max_slots:
-            raise ValueError(f"n={n} completions per prompt need at least that many slots; "
-                             f"the sampler has max_slots={self.max_slots}")
         prompts, truncated = self._prepare_prompts(prompt_ids)
         stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
         tokens, lens, num_prompts = self._pack(prompts)
@@ -411,13 +408,13 @@ def _empty_cache(cfg, slots, size, dtype, sharding, keys_t):
             tuple(one(False) for _ in range(cfg.num_layers)))
 
 
-def _insert_prompts(cache, k, v, slot_ids, n, keys_t):
-    """Writes prompt K/V (k, v [L, Pp, Sp, K, Dh]) into positions [0, Sp) of the cache rows
-    `slot_ids` [Pp * n] (row j * n + i gets prompt j; out-of-range ids are dropped)."""
+def _insert_prompts(cache, k, v, slot_ids, keys_t):
+    """Writes prompt K/V (k, v [L, M, Sp, K, Dh], one prompt per row) into positions [0, Sp)
+    of the cache rows `slot_ids` [M] (out-of-range ids are dropped)."""
     cache_k, cache_v = cache
     width = k.shape[2]
     def put(c, x, transposed):
-        x = jnp.repeat(x, n, axis=0).transpose(0, 2, 1, 3)  # [Pp n, K, Sp, Dh]
+        x = x.transpose(0, 2, 1, 3)  # [M, K, Sp, Dh]
         if transposed:
             x = jnp.swapaxes(x, 2, 3)
             index = (slot_ids, slice(None), slice(None), slice(0, width))
@@ -435,7 +432,11 @@ def _insert_prompts(cache, k, v, slot_ids, n, keys_t):
 
 def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_new, sp,
                     stops, pad_id, cache_dtype, slots, prefill_rows):
-    """The engine: `slots` cache rows, prompts admitted `prefill_rows` at a time.
+    """The engine: `slots` cache rows, prompts prefilled `prefill_rows` at a time.
+
+    A prefill fills a staging buffer (the prompts' K/V and next-token logits); its n rows per
+    prompt move into free slots as slots free up, possibly over several steps, so a slot
+    never waits for a whole group to fit, and the buffer is refilled once it is empty.
 
     Args:
       tokens: [P', Sp] left-aligned prompts, P' >= num_prompts + prefill_rows (padding rows
@@ -450,9 +451,16 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
     width = tokens.shape[1]
     total = tokens.shape[0] * n
     pp = prefill_rows
+    m = min(pp * n, slots)  # most rows one admission can place
     layer_params, head_params = _weights(params, cfg)
     stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
     cache = _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t)
+    prefill = lambda t, l: _prefill(params, t, l, cfg, sharding)
+    shapes = jax.eval_shape(prefill, tokens[:pp], lens[:pp])
+    buf = {"k": jnp.zeros(shapes[0].shape, cache_dtype),  # [L, pp, Sp, K, Dh]
+           "v": jnp.zeros(shapes[1].shape, cache_dtype),
+           "logits": jnp.zeros(shapes[2].shape, shapes[2].dtype),  # [pp, V]
+           "lens": jnp.ones((pp,), jnp.int32)}
     out = {
         "tokens": jnp.full((total, max_new), pad_id, jnp.int32),
         "logp": jnp.zeros((total, max_new), jnp.float32),
@@ -467,8 +475,9 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
         "t": jnp.zeros((slots,), jnp.int32),  # completion tokens the row has so far
         "tok": jnp.full((slots,), pad_id, jnp.int32),  # the token fed next
         "key": _row_keys(key, jnp.zeros((slots,), jnp.int32), n),  # the row's key
-        "next": jnp.int32(0), "steps": jnp.int32(0), "slot_steps": jnp.int32(0),
-        "prefills": jnp.int32(0),
+        "next": jnp.int32(0),  # next prompt to prefill
+        "buf_row": jnp.int32(0), "buf_next": jnp.int32(0), "buf_total": jnp.int32(0),
+        "steps": jnp.int32(0), "slot_steps": jnp.int32(0), "prefills": jnp.int32(0),
     }
 
     def record(out, rows, keys, t, logits, live):
@@ -487,43 +496,56 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
         return out, tok, stopped | (t + 1 >= max_new)
 
     def can_admit(carry):
-        _, st, _ = carry
-        free = jnp.sum(st["row"] < 0)
-        return (st["next"] < num_prompts) & (free >= n)
+        _, st, _, _ = carry
+        waiting = (st["buf_next"] < st["buf_total"]) | (st["next"] < num_prompts)
+        return jnp.any(st["row"] < 0) & waiting
+
+    def refill(args):
+        """Prefills the next min(pp, waiting) prompts into the (empty) buffer."""
+        st, _ = args
+        count = jnp.minimum(pp, num_prompts - st["next"])
+        batch_lens = lax.dynamic_slice_in_dim(lens, st["next"], pp)
+        k, v, logits = prefill(lax.dynamic_slice_in_dim(tokens, st["next"], pp), batch_lens)
+        buf = {"k": k.astype(cache_dtype), "v": v.astype(cache_dtype), "logits": logits,
+               "lens": batch_lens}
+        st = dict(st, buf_row=st["next"] * n, buf_next=jnp.int32(0), buf_total=count * n,
+                  next=st["next"] + count, prefills=st["prefills"] + 1)
+        return st, buf
 
     def admit(carry):
-        """Prefills the next min(pp, free // n, waiting) prompts into free slots."""
-        out, st, cache = carry
+        """Moves min(free slots, buffered rows) rows from the buffer into free slots."""
+        out, st, cache, buf = carry
+        st, buf = lax.cond(st["buf_next"] >= st["buf_total"], refill, lambda a: a,
+                           (st, buf))
         free = st["row"] < 0
-        count = jnp.minimum(jnp.minimum(pp, jnp.sum(free) // n), num_prompts - st["next"])
-        batch = lax.dynamic_slice_in_dim(tokens, st["next"], pp)
-        blens = lax.dynamic_slice_in_dim(lens, st["next"], pp)
-        k, v, logits = _prefill(params, batch, blens, cfg, sharding)
-        admitted = jnp.repeat(jnp.arange(pp) < count, n)  # [pp n]
-        slot_ids = jnp.nonzero(free, size=pp * n, fill_value=slots)[0]
-        slot_ids = jnp.where(admitted, slot_ids, slots)
-        cache = _insert_prompts(cache, k, v, slot_ids, n, keys_t)
-        rows = st["next"] * n + jnp.arange(pp * n, dtype=jnp.int32)
+        count = jnp.minimum(jnp.sum(free), st["buf_total"] - st["buf_next"])
+        j = jnp.arange(m, dtype=jnp.int32)
+        placed = j < count
+        slot_ids = jnp.where(placed, jnp.nonzero(free, size=m, fill_value=slots)[0], slots)
+        local = st["buf_next"] + j  # row within the buffer
+        prompt = jnp.minimum(local // n, pp - 1)
+        cache = _insert_prompts(cache, buf["k"][:, prompt], buf["v"][:, prompt], slot_ids,
+                                keys_t)
+        rows = st["buf_row"] + local
         keys = _row_keys(key, rows, n)
-        out, tok, done = record(out, rows, keys, jnp.int32(0), jnp.repeat(logits, n, axis=0),
-                                admitted)
-        occupy = jnp.where(admitted & ~done, slot_ids, slots)
+        out, tok, done = record(out, rows, keys, jnp.int32(0), buf["logits"][prompt], placed)
+        occupy = jnp.where(placed & ~done, slot_ids, slots)
         st = dict(st)
         st["row"] = st["row"].at[occupy].set(rows, mode="drop")
         st["key"] = st["key"].at[occupy].set(keys, mode="drop")
-        st["pos"] = st["pos"].at[occupy].set(jnp.repeat(blens, n), mode="drop")
+        st["pos"] = st["pos"].at[occupy].set(buf["lens"][prompt], mode="drop")
         st["t"] = st["t"].at[occupy].set(1, mode="drop")
         st["tok"] = st["tok"].at[occupy].set(tok, mode="drop")
-        st["next"] = st["next"] + count
-        st["prefills"] = st["prefills"] + 1
-        return out, st, cache
+        st["buf_next"] = st["buf_next"] + count
+        return out, st, cache, buf
 
     def cond(carry):
-        _, st, _ = carry
-        return jnp.any(st["row"] >= 0) | (st["next"] < num_prompts)
+        _, st, _, _ = carry
+        return jnp.any(st["row"] >= 0) | (st["buf_next"] < st["buf_total"]) | \
+            (st["next"] < num_prompts)
 
     def body(carry):
-        out, st, cache = lax.while_loop(can_admit, admit, carry)
+        out, st, cache, buf = lax.while_loop(can_admit, admit, carry)
         live = st["row"] >= 0
         pos = jnp.where(live, st["pos"], 0)  # free slots write position 0, later overwritten
         logits, cache = _decode_step(layer_params, head_params, cache, st["tok"], pos, cfg,
@@ -536,7 +558,7 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
         st["tok"] = tok
         st["steps"] = st["steps"] + 1
         st["slot_steps"] = st["slot_steps"] + jnp.sum(live).astype(jnp.int32)
-        return out, st, cache
+        return out, st, cache, buf
 
-    out, st, _ = lax.while_loop(cond, body, (out, state, cache))
+    out, st, _, _ = lax.while_loop(cond, body, (out, state, cache, buf))
     return dict(out, steps=st["steps"], slot_steps=st["slot_steps"], prefills=st["prefills"])
