@@ -321,8 +321,8 @@ def rollout_metrics(gens: list, ds_stats: Optional[Any]) -> dict:
     out["time/reward_s"] = sum(g.seconds["reward"] for g in gens)
     out["perf/generated_tokens"] = float(lengths.sum())
     out["perf/generated_tokens_per_s"] = float(lengths.sum()) / max(rollout_s, 1e-9)
-    stats = [g.output.stats for g in gens]
-    if "slot_steps" in stats[0]:  # the continuous-batching engine
+    stats = [getattr(g.output, "stats", None) or {} for g in gens]
+    if all("slot_steps" in s for s in stats):  # the continuous-batching engine
         slot_steps = sum(s["slot_steps"] for s in stats)
         capacity = sum(s["decode_steps"] * s["slots"] for s in stats)
         out["perf/slot_utilization"] = slot_steps / max(capacity, 1)
