@@ -328,6 +328,16 @@ def _at(keys: jax.Array, t: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(t, keys.shape))
 
 
+def _empty_outputs(rows: int, max_new: int, pad_id: int) -> dict:
+    """Per-row results before any token: tokens / logp / sample_logp [R, T], lengths and
+    finish [R] (finish LENGTH until a stop token is drawn)."""
+    return {"tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
+            "logp": jnp.zeros((rows, max_new), jnp.float32),
+            "sample_logp": jnp.zeros((rows, max_new), jnp.float32),
+            "lengths": jnp.zeros((rows,), jnp.int32),
+            "finish": jnp.full((rows,), LENGTH, jnp.int32)}
+
+
 def _weights(params, cfg):
     """Compute-dtype weights, cast and sliced per layer once, outside the decode loop: the
     loop body then reads each layer's weights in place, with no per-step slicing or casting."""
@@ -366,14 +376,7 @@ def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_n
         state["done"] = done | stopped
         return state, tok
 
-    state = {
-        "tokens": jnp.full((rows, max_new), pad_id, jnp.int32),
-        "logp": jnp.zeros((rows, max_new), jnp.float32),
-        "sample_logp": jnp.zeros((rows, max_new), jnp.float32),
-        "lengths": jnp.zeros((rows,), jnp.int32),
-        "finish": jnp.full((rows,), LENGTH, jnp.int32),
-        "done": jnp.zeros((rows,), bool),
-    }
+    state = dict(_empty_outputs(rows, max_new, pad_id), done=jnp.zeros((rows,), bool))
     state, tok = record(state, logits, 0)
 
     def cond(carry):
@@ -461,13 +464,7 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
            "v": jnp.zeros(shapes[1].shape, cache_dtype),
            "logits": jnp.zeros(shapes[2].shape, shapes[2].dtype),  # [pp, V]
            "lens": jnp.ones((pp,), jnp.int32)}
-    out = {
-        "tokens": jnp.full((total, max_new), pad_id, jnp.int32),
-        "logp": jnp.zeros((total, max_new), jnp.float32),
-        "sample_logp": jnp.zeros((total, max_new), jnp.float32),
-        "lengths": jnp.zeros((total,), jnp.int32),
-        "finish": jnp.full((total,), LENGTH, jnp.int32),
-    }
+    out = _empty_outputs(total, max_new, pad_id)
     free_row = jnp.int32(-1)
     state = {
         "row": jnp.full((slots,), free_row, jnp.int32),  # completion row in the slot, or -1
