@@ -82,7 +82,7 @@ def resolve(impl: str, sharding: Optional[Sharding] = None) -> tuple[str, str, b
     if impl not in IMPLS:
         raise ValueError(f"attention impl '{impl}' is not available; choose one of {IMPLS}")
     interpreted = _INTERPRET.get()
-    platform = interpreted or _backend(sharding)
+    platform = interpreted or backend(sharding)
     if interpreted == "tpu" and sharding is not None and sharding.mesh.size > 1:
         # The Mosaic interpreter joins all devices at a thread barrier per kernel; XLA:CPU
         # runs fewer device programs at once than that on small hosts, and it deadlocks.
@@ -100,7 +100,8 @@ def resolve(impl: str, sharding: Optional[Sharding] = None) -> tuple[str, str, b
     return impl, platform, interpreted is not None
 
 
-def _backend(sharding: Optional[Sharding]) -> str:
+def backend(sharding: Optional[Sharding]) -> str:
+    """The platform ("cpu", "tpu", "gpu") of the mesh's devices, else JAX's default."""
     if sharding is not None:
         return sharding.mesh.devices.flat[0].platform
     return jax.default_backend()

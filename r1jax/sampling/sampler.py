@@ -279,31 +279,42 @@ def _init_cache(k, v, n, size, dtype, sharding, keys_t):
             tuple(one(v[i], False) for i in range(v.shape[0])))
 
 
-def _write_slots(cache: jax.Array, index: tuple, values: jax.Array) -> jax.Array:
-    """cache.at[index].set(values), done on the raw bits for 16-bit floats: XLA:CPU scatters
-    bf16 by converting the whole cache to f32 and back on every call (measured: 5.7 of ~19
-    thread-seconds of a small-model bf16 rollout), a uint16 scatter writes only the slots."""
+def _via_bits(sharding: Optional[Sharding]) -> bool:
+    """Whether cache writes of 16-bit floats go through their raw bits (XLA:CPU only, see
+    `_write_slots`); other backends scatter 16-bit floats natively."""
+    return attn_lib.backend(sharding) == "cpu"
+
+
+def _write_slots(cache: jax.Array, index: tuple, values: jax.Array, via_bits: bool,
+                 mode: Optional[str] = None) -> jax.Array:
+    """cache.at[index].set(values, mode=mode); with `via_bits`, done on the raw bits for
+    16-bit floats: XLA:CPU scatters bf16 by converting the whole cache to f32 and back on every
+    call (measured: 5.7 of ~19 thread-seconds of a small-model bf16 rollout), a uint16 scatter
+    writes only the slots."""
     values = values.astype(cache.dtype)
-    if cache.dtype not in (jnp.bfloat16, jnp.float16):
-        return cache.at[index].set(values)
+    if not via_bits or cache.dtype not in (jnp.bfloat16, jnp.float16):
+        return cache.at[index].set(values, mode=mode)
     bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
-    return jax.lax.bitcast_convert_type(bits(cache).at[index].set(bits(values)), cache.dtype)
+    return jax.lax.bitcast_convert_type(bits(cache).at[index].set(bits(values), mode=mode),
+                                        cache.dtype)
 
 
 def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding, keys_t):
     """Feeds tokens [B] at positions pos [B]; returns next logits [B, V] and the new cache."""
     cache_k, cache_v = cache
     rows = jnp.arange(tokens.shape[0])
+    via_bits = _via_bits(sharding)
     x = decoder.embed_tokens(embed_params, tokens[:, None], cfg, sharding)
     new_k, new_v = [], []
     for i, p in enumerate(layer_params):
         def attend(q, k, v, i=i):
             # k[:, 0], v[:, 0]: [B, K, Dh], written at slot pos[b] of row b.
             if keys_t:
-                ck = _write_slots(cache_k[i], (rows, slice(None), slice(None), pos), k[:, 0])
+                ck = _write_slots(cache_k[i], (rows, slice(None), slice(None), pos), k[:, 0],
+                                 via_bits)
             else:
-                ck = _write_slots(cache_k[i], (rows, slice(None), pos), k[:, 0])
-            cv = _write_slots(cache_v[i], (rows, slice(None), pos), v[:, 0])
+                ck = _write_slots(cache_k[i], (rows, slice(None), pos), k[:, 0], via_bits)
+            cv = _write_slots(cache_v[i], (rows, slice(None), pos), v[:, 0], via_bits)
             o = attn_lib.decode_attention(q[:, 0], ck, cv, pos + 1,
                                           sm_scale=cfg.head_dim ** -0.5,
                                           impl=cfg.attention_impl, sharding=sharding,
@@ -411,24 +422,23 @@ def _empty_cache(cfg, slots, size, dtype, sharding, keys_t):
             tuple(one(False) for _ in range(cfg.num_layers)))
 
 
-def _insert_prompts(cache, k, v, slot_ids, keys_t):
-    """Writes prompt K/V (k, v [L, M, Sp, K, Dh], one prompt per row) into positions [0, Sp)
-    of the cache rows `slot_ids` [M] (out-of-range ids are dropped)."""
+def _insert_prompts(cache, k, v, prompt, slot_ids, count, keys_t):
+    """Writes the K/V of prompt[j] (k, v [L, P, Sp, K, Dh], one prompt per row) into
+    positions [0, Sp) of cache row slot_ids[j], for the first `count` (a traced scalar) j.
+
+    One dynamic-update-slice per placed row, in a loop: XLA updates the cache in place, a
+    step that frees one slot writes one row, and no [M, Sp] copy of the buffer is gathered.
+    (A single scatter of all rows into a row-sharded cache fails XLA:TPU's HLO verifier at
+    512 slots, a RET_CHECK on the scatter's partitioned indices.)"""
     cache_k, cache_v = cache
-    width = k.shape[2]
+
     def put(c, x, transposed):
-        x = x.transpose(0, 2, 1, 3)  # [M, K, Sp, Dh]
-        if transposed:
-            x = jnp.swapaxes(x, 2, 3)
-            index = (slot_ids, slice(None), slice(None), slice(0, width))
-        else:
-            index = (slot_ids, slice(None), slice(0, width))
-        bits = (jnp.uint16 if c.dtype in (jnp.bfloat16, jnp.float16) else None)
-        if bits is None:
-            return c.at[index].set(x.astype(c.dtype), mode="drop")
-        cast = lambda a: lax.bitcast_convert_type(a, bits)
-        return lax.bitcast_convert_type(
-            cast(c).at[index].set(cast(x.astype(c.dtype)), mode="drop"), c.dtype)
+        def one(j, c):
+            row = lax.dynamic_index_in_dim(x, prompt[j], keepdims=True)  # [1, Sp, K, Dh]
+            row = row.transpose(0, 2, 3, 1) if transposed else row.transpose(0, 2, 1, 3)
+            return lax.dynamic_update_slice(c, row.astype(c.dtype), (slot_ids[j], 0, 0, 0))
+
+        return lax.fori_loop(0, count, one, c)
     return (tuple(put(c, k[i], keys_t) for i, c in enumerate(cache_k)),
             tuple(put(c, v[i], False) for i, c in enumerate(cache_v)))
 
@@ -521,8 +531,7 @@ def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n,
         slot_ids = jnp.where(placed, jnp.nonzero(free, size=m, fill_value=slots)[0], slots)
         local = st["buf_next"] + j  # row within the buffer
         prompt = jnp.minimum(local // n, pp - 1)
-        cache = _insert_prompts(cache, buf["k"][:, prompt], buf["v"][:, prompt], slot_ids,
-                                keys_t)
+        cache = _insert_prompts(cache, buf["k"], buf["v"], prompt, slot_ids, count, keys_t)
         rows = st["buf_row"] + local
         keys = _row_keys(key, rows, n)
         out, tok, done = record(out, rows, keys, jnp.int32(0), buf["logits"][prompt], placed)

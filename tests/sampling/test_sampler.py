@@ -173,7 +173,7 @@ def test_cache_slot_writes_equal_a_plain_scatter(dtype):
     rows, pos = jnp.arange(5), jnp.array([0, 6, 3, 3, 1])
     for index, c in (((rows, slice(None), pos), cache),
                      ((rows, slice(None), slice(None), pos), jnp.swapaxes(cache, 2, 3))):
-        got = _write_slots(c, index, values)
+        got = _write_slots(c, index, values, via_bits=True)
         assert got.dtype == c.dtype
         np.testing.assert_array_equal(np.asarray(got, np.float32),
                                       np.asarray(c.at[index].set(values.astype(c.dtype)),
