@@ -6,7 +6,8 @@ safetensors index totals); tests check `count_params` against it with `jax.eval_
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Optional
 
 from r1jax.config import ModelConfig
 from r1jax.models.hf_config import model_config_from_hf
@@ -24,6 +25,7 @@ def _qwen2(hidden, layers, heads, kv, mlp, vocab, tied, theta=1e6, max_pos=32768
 PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-0.5b": _qwen2(896, 24, 14, 2, 4864, 151936, True),
     "qwen2.5-1.5b": _qwen2(1536, 28, 12, 2, 8960, 151936, True),
+    "qwen2.5-3b": _qwen2(2048, 36, 16, 2, 11008, 151936, True),
     "qwen2.5-7b": _qwen2(3584, 28, 28, 4, 18944, 152064, False, max_pos=131072),
     "qwen2.5-32b": _qwen2(5120, 64, 40, 8, 27648, 152064, False, max_pos=131072),
     "qwen2.5-math-1.5b": _qwen2(1536, 28, 12, 2, 8960, 151936, True, theta=1e4,
@@ -60,6 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PUBLISHED_PARAMS = {
     "qwen2.5-0.5b": 494_032_768,
     "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-3b": 3_085_938_688,
     "qwen2.5-7b": 7_615_616_512,
     "qwen2.5-32b": 32_763_876_352,
     "qwen2.5-math-1.5b": 1_543_714_304,
@@ -68,6 +71,20 @@ PUBLISHED_PARAMS = {
     "llama-3.2-1b": 1_235_814_400,
     "qwen3-8b": 8_190_735_360,
 }
+
+
+def preset_for_path(path: str) -> Optional[str]:
+    """The preset of a checkpoint directory named as its Hugging Face repository
+    (/models/Qwen2.5-32B -> "qwen2.5-32b"; an "-Instruct" suffix names the same architecture:
+    /models/Qwen2.5-7B-Instruct -> "qwen2.5-7b"), or None.
+
+    For tools that need only the architecture (r1jax-fit) when the directory is not there.
+    """
+    name = os.path.basename(os.path.normpath(path)).lower()
+    for candidate in (name, name.removesuffix("-instruct")):
+        if candidate in PRESETS:
+            return candidate
+    return None
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
