@@ -55,5 +55,6 @@ setup(
         "r1jax-train=r1jax.train:main",
         "r1jax-eval=r1jax.evaluation.cli:main",
         "r1jax-plot=r1jax.plot:main",
+        "r1jax-fit=r1jax.fit:main",
     ]},
 )

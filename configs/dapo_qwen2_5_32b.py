@@ -16,6 +16,11 @@ are ~390 GB, sharded FSDP x tensor over the mesh. Point data.source at the parqu
 
 `tiny` (`r1jax.recipes.tiny_variant`) keeps the algorithm and shrinks the sizes for a CPU
 smoke run; it reads the Qwen2.5 tokenizer under $R1JAX_DATA_DIR.
+
+Recommended slice: v5p-256 (r1jax-fit: 45.0 of 95.0 GiB per chip), with 256 decode slots
+(`rollout.max_slots`) and 16 microbatches per optimizer step; the largest program is the
+update. Check another slice or setting with
+`r1jax-fit --config=configs/dapo_qwen2_5_32b.py --topology=v5p-128 --config.KEY=VALUE`.
 """
 
 from ml_collections import ConfigDict
@@ -29,6 +34,10 @@ def get_config(arg: str = "") -> ConfigDict:
     c.model.update(path="/models/Qwen2.5-32B", param_dtype="float32", dtype="bfloat16",
                    remat="full", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=8)
+    # A v5p-256: 256 decode slots of 22,528 tokens (not one static batch of 1,536 x 16 rows)
+    # and gradient accumulation over 16 microbatches keep every program within HBM.
+    c.rollout.max_slots = 256
+    c.algo.microbatches = 16
     c.eval.update(source="aime24", n=32, temperature=1.0, top_p=0.7, every=20,
                   max_new_tokens=20480)
     c.train.update(steps=300, run_dir="runs/dapo_qwen2_5_32b")

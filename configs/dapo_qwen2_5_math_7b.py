@@ -8,6 +8,10 @@ model. Qwen2.5-Math-7B has a 4,096-token context, so prompts get 1,024 tokens an
         --config.model.path=/models/Qwen2.5-Math-7B --config.data.source=/data/dapo.parquet
 
 `tiny` keeps the algorithm and shrinks the sizes for a CPU smoke run ($R1JAX_DATA_DIR).
+
+Recommended slice: v5p-16 (r1jax-fit: 73.0 of 95.0 GiB per chip), with 256 decode slots
+(`rollout.max_slots`) and 16 microbatches per optimizer step; the largest program is the
+update.
 """
 
 from ml_collections import ConfigDict
@@ -24,6 +28,10 @@ def get_config(arg: str = "") -> ConfigDict:
     c.data.max_prompt_tokens = 1024
     c.rollout.max_new_tokens = 3072
     c.algo.overlong_buffer_len = 512
+    # A v5p-16: 256 decode slots (not one static batch of 1,536 x 16 rows) and gradient
+    # accumulation over 16 microbatches keep every program within a chip's HBM.
+    c.rollout.max_slots = 256
+    c.algo.microbatches = 16
     c.eval.update(source="aime24", n=16, temperature=1.0, top_p=0.7, every=20,
                   max_new_tokens=3072)
     c.train.update(steps=300, run_dir="runs/dapo_qwen2_5_math_7b")

@@ -9,6 +9,9 @@
     r1jax-train --config=configs/demo_cpu.py           # full demo (~10 min on 2 cores)
     r1jax-train --config=configs/demo_cpu.py:test      # the test's shorter budget
     r1jax-train --config=configs/demo_cpu.py:tiny      # a 2-step smoke run
+
+Recommended slice: v5litepod-1 (r1jax-fit: 0.2 of 16.0 GiB per chip), the smallest there is:
+this is a CPU demo, no TPU needed.
 """
 
 from ml_collections import ConfigDict

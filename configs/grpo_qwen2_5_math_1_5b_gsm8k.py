@@ -10,6 +10,9 @@ with beta 0.04, G = 8.
 `tiny` keeps the algorithm (KL included) and shrinks the sizes for a CPU smoke run: a random
 2-layer model of the same family under the same qwen_math chat template
 (`r1jax.recipes.tiny_variant`; reads the Qwen2.5 tokenizer under $R1JAX_DATA_DIR).
+
+Recommended slice: v5p-8 (r1jax-fit: 74.5 of 95.0 GiB per chip); the largest program is the
+update.
 """
 
 from ml_collections import ConfigDict
@@ -21,7 +24,7 @@ from r1jax.config import base_config
 def get_config(arg: str = "") -> ConfigDict:
     c = recipes.grpo(base_config())
     c.model.update(path="/models/Qwen2.5-Math-1.5B", param_dtype="float32", dtype="bfloat16",
-                   remat="dots_no_batch")
+                   remat="dots_no_batch", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.update(source="gsm8k_train", template="qwen_math", max_prompt_tokens=512)
     c.rewards.functions = [dict(name="accuracy", weight=1.0, kwargs=dict(mode="boxed")),

@@ -20,6 +20,9 @@ bonus (0.001) is not used.
 `tiny` swaps in a random 2-layer model of the same family over the Qwen2.5 tokenizer of the
 shared public data (found through $R1JAX_DATA_DIR) and 2-3 person puzzles, for a CPU smoke
 run of the same algorithm and rewards.
+
+Recommended slice: v5p-16 (r1jax-fit: 55.3 of 95.0 GiB per chip), with 8 microbatches per
+optimizer step; the largest program is the update.
 """
 
 from ml_collections import ConfigDict
@@ -41,7 +44,7 @@ LOGIC_RL_SYSTEM = (
 def get_config(arg: str = "") -> ConfigDict:
     c = base_config()
     c.model.update(path="/models/Qwen2.5-7B-Instruct", param_dtype="float32",
-                   dtype="bfloat16", remat="dots_no_batch")
+                   dtype="bfloat16", remat="dots_no_batch", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.update(source="knights_knaves", template="chat", system_prompt=LOGIC_RL_SYSTEM,
                   max_prompt_tokens=400, num_generated=5000,
@@ -52,6 +55,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.rollout.update(group_size=16, max_new_tokens=4096, temperature=0.7)
     c.algo.update(adv="group", eps_low=0.2, eps_high=0.2, agg="token-mean", kl_beta=0.001,
                   kl_kind="k3", minibatches=1, num_iterations=1)
+    c.algo.microbatches = 8  # gradient accumulation: one update's activations fit a v5p-16
     c.optim.update(lr=4e-7, schedule="constant", warmup_steps=0, weight_decay=0.01,
                    grad_clip=1.0)
     c.eval.update(source="knights_knaves", limit=500, n=1, temperature=0.0, every=200,

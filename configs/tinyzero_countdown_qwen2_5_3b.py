@@ -17,6 +17,9 @@ prompts a step, G = 5 (`rollout.n=5`), lr 1e-6 constant, two optimizer steps per
 `tiny` swaps in a random 2-layer model of the same family over the Qwen2.5 tokenizer of the
 shared public data (found through $R1JAX_DATA_DIR), for a CPU smoke run of the same
 algorithm, prompt and reward (a random model earns no reward: the run checks the plumbing).
+
+Recommended slice: v5p-16 (r1jax-fit: 66.7 of 95.0 GiB per chip), with 4 microbatches per
+optimizer step; the largest program is the update.
 """
 
 from ml_collections import ConfigDict
@@ -28,7 +31,7 @@ from r1jax.config import base_config
 def get_config(arg: str = "") -> ConfigDict:
     c = base_config()
     c.model.update(path="/models/Qwen2.5-3B", param_dtype="float32", dtype="bfloat16",
-                   remat="dots_no_batch")
+                   remat="dots_no_batch", attention_impl="auto")
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.update(source="countdown", template="r1_zero", max_prompt_tokens=256,
                   num_generated=327680,
@@ -39,6 +42,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.rollout.update(group_size=5, max_new_tokens=1024, temperature=1.0, top_p=1.0)
     c.algo.update(adv="group", eps_low=0.2, eps_high=0.2, agg="token-mean", kl_beta=0.001,
                   kl_kind="k3", minibatches=2, num_iterations=1)
+    c.algo.microbatches = 4  # gradient accumulation: one update's activations fit a v5p-16
     c.optim.update(lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
                    grad_clip=1.0)
     c.eval.update(source="countdown", limit=512, n=1, temperature=0.0, every=10,

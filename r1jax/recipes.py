@@ -96,12 +96,17 @@ def tiny_chat_model(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
     return c
 
 
+TINY_SLOTS = 64  # a tiny variant's decode slots when its recipe sets rollout.max_slots
+
+
 def tiny_sizes(c: Any, *, prompts: int = 4, group_size: int = 2,
                max_new_tokens: int = 16) -> Any:
     """The smoke-run sizes of a tiny variant: 2 steps of `prompts` x `group_size` completions
-    of at most `max_new_tokens`, no checkpoints, 2 reward workers."""
+    of at most `max_new_tokens` (on `TINY_SLOTS` decode slots when the recipe uses the
+    continuous-batching engine), no checkpoints, 2 reward workers."""
     c.rewards.num_workers = 2
-    c.rollout.update(group_size=group_size, max_new_tokens=max_new_tokens)
+    c.rollout.update(group_size=group_size, max_new_tokens=max_new_tokens,
+                     max_slots=TINY_SLOTS if c.rollout.max_slots is not None else None)
     c.train.update(steps=2, prompts_per_step=prompts, checkpoint_every=0)
     return c
 
@@ -113,7 +118,10 @@ def tiny_variant(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
     Sizes only: a random 2-layer model of the same family and numerics (over the recipe's
     tokenizer when its template is a chat template, else over a character vocabulary), as
     many prompts a step as there are minibatches (at least 4, generation batches scaled
-    alike), 32 new tokens (the overlong buffer scaled with it), 2 steps, a mesh over
+    alike), 32 new tokens (the overlong buffer scaled with it), 64 decode slots
+    (`TINY_SLOTS`) when the recipe rolls out on the continuous-batching engine (a multiple of
+    the batch parallelism of 1 device and of the tests' 8-device fsdp 4 x tensor 2 mesh),
+    2 steps, a mesh over
     whatever devices there are, lr 1e-3 without warm-up (lr 1e-6 would not move a random
     model, and a warm-up from 0 would make the first update a no-op). Data: the generated addition task (`arithmetic`, one-digit sums) with worked
     solutions stating the answer the way the recipe's accuracy reward reads it, and a short
@@ -135,7 +143,8 @@ def tiny_variant(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
     buffer_ratio = c.algo.overlong_buffer_len / c.rollout.max_new_tokens
     gen_ratio = (c.train.gen_prompts_per_batch or c.train.prompts_per_step) \
         / c.train.prompts_per_step
-    c.rollout.update(max_new_tokens=32)
+    c.rollout.update(max_new_tokens=32,
+                     max_slots=TINY_SLOTS if c.rollout.max_slots is not None else None)
     if c.algo.overlong_buffer_len:
         c.algo.overlong_buffer_len = max(1, round(32 * buffer_ratio))
     if c.algo.max_response_len:

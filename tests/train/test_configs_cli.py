@@ -3,7 +3,8 @@ line, as a user runs it (a subprocess), on 1 CPU device and on a mesh of 8.
 
 Each run is checked for what its recipe promises: the KL term of the GRPO recipes is
 positive after the first update, DAPO's dynamic sampling keeps only informative groups,
-the recipe's reward functions are the ones logged.
+the recipe's reward functions are the ones logged, the DAPO recipes roll out on the
+continuous-batching engine (`rollout.max_slots`, kept by their tiny variants) on both meshes.
 """
 
 import glob
@@ -64,6 +65,8 @@ def test_tiny_variant_trains_two_steps_from_the_command_line(config, devices, da
             assert row["dynamic_sampling/groups_kept"] >= cfg.train.prompts_per_step
         if algo.overlong_buffer_len:
             assert "reward/overlong_penalty/mean" in row
+        if cfg.rollout.max_slots:  # rolled out on the continuous-batching engine
+            assert 0.5 < row["perf/slot_utilization"] <= 1
     if config.startswith(("grpo", "dapo", "demo")):
         # The warm start leaves a policy whose rewards vary within groups: updates happen.
         assert rows[0]["reward/std"] > 0 and rows[0]["grad_norm"] > 0
