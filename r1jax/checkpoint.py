@@ -56,6 +56,12 @@ class Checkpointer:
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
 
+    def meta(self, step: int) -> dict:
+        """The metadata of `step` alone (the config it was saved with, counters), read
+        before its arrays so that a run can refuse a checkpoint without restoring it."""
+        return self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()

@@ -740,6 +740,67 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
     return run_config_from(fv.config)
 
 
+# What a resumed run may change (`check_resume`): dotted fields, or a section for all of its
+# fields. The context may grow across resumed runs (DeepScaleR: 8k -> 16k -> 24k) with the
+# settings tied to it; the run may move to another slice or machine (mesh, slots,
+# microbatches, kernels, remat, paths) and train longer; evaluation and logging are free.
+# Everything else (the data, the model, the algorithm, the optimizer) would make the
+# continuation a different run than the one checkpointed.
+RESUME_MAY_CHANGE = (
+    "rollout.max_new_tokens", "algo.overlong_buffer_len", "algo.max_response_len",
+    "rollout.max_slots", "algo.microbatches", "mesh", "model.remat", "model.attention_impl",
+    "model.path", "model.tokenizer", "data.source", "data.data_dir", "rewards.num_workers",
+    "train.steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.async_checkpoint", "train.resume", "train.max_consecutive_skips", "train.export_hf",
+    "train.tensorboard", "train.progress_bar", "train.wandb_project", "train.wandb_mode",
+    "train.wandb_run_name", "eval",
+)
+
+
+def resume_changes(saved: dict, current: dict) -> list[str]:
+    """The `section.field` names whose values differ between two `to_dict` configs (fields
+    present in both; a field the saved config predates is not compared)."""
+    changed = []
+    for section in sorted(set(saved) & set(current)):
+        a, b = saved[section], current[section]
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            changed += [section] if a != b else []
+            continue
+        changed += [f"{section}.{k}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+    return changed
+
+
+def check_resume(saved: Optional[dict], current: RunConfig) -> list[str]:
+    """Refuses to resume a checkpoint whose config differs in a field not in
+    `RESUME_MAY_CHANGE`; returns the allowed fields that changed.
+
+    Args:
+      saved: the config stored with the checkpoint (`to_dict` form); None (a checkpoint
+        without one) checks nothing.
+      current: the config of the run resuming it.
+
+    Raises:
+      ConfigError: naming each field that may not change, with both values.
+    """
+    if saved is None:
+        return []
+    now = to_dict(current)
+    changed = resume_changes(saved, now)
+    allowed = lambda name: name in RESUME_MAY_CHANGE or name.split(".")[0] in RESUME_MAY_CHANGE
+    refused = [c for c in changed if not allowed(c)]
+    if refused:
+        def value(tree, name):
+            for part in name.split("."):
+                tree = tree[part]
+            return tree
+        detail = "; ".join(f"{name}: checkpoint {value(saved, name)!r}, now "
+                           f"{value(now, name)!r}" for name in refused)
+        raise ConfigError(f"cannot resume this checkpoint with a different {detail}. A "
+                          f"resumed run may change only {', '.join(RESUME_MAY_CHANGE)}; start "
+                          "a new run directory (or set train.resume=False) for the rest")
+    return changed
+
+
 def check_key(dotted: str) -> Any:
     """Raises ConfigError unless `dotted` (e.g. "optim.lr") names a RunConfig field.
 

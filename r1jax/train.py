@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 
 from r1jax import builder, checkpoint
-from r1jax.config import RunConfig, load_config, to_dict
+from r1jax.config import RunConfig, check_resume, load_config, to_dict
 from r1jax.data import make_prompt_iterator
 from r1jax.evaluation.evaluate import evaluate, write_results
 from r1jax.metrics import MetricsWriter
@@ -138,6 +138,9 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is None or not self.cfg.train.resume:
             return False
+        changed = check_resume(self.checkpointer.meta(latest).get("config"), self.cfg)
+        if changed:
+            log.info("resuming with changed %s", ", ".join(changed))
         tree, data_state, meta = self.checkpointer.restore(
             latest, checkpoint.abstract_like(self.rl.checkpoint_tree()))
         self.rl.load_checkpoint_tree(tree)
@@ -162,6 +165,7 @@ class Trainer:
         start, state = 0, None
         latest = self.sft_checkpointer.latest_step() if self.cfg.train.resume else None
         if latest is not None:
+            check_resume(self.sft_checkpointer.meta(latest).get("config"), self.cfg)
             state, data_state, _ = self.sft_checkpointer.restore(
                 latest, self.rl.abstract_sft_state(s))
             it.set_state(data_state)

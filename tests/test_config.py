@@ -184,3 +184,29 @@ def test_typed_tree_rejects_unknown_and_wrong_typed_keys():
         from_dict(ModelConfig, dict(base, num_heads=3, num_kv_heads=2), "model")
     with pytest.raises(ConfigError, match="'model.family': 'gpt2' is not one of"):
         from_dict(ModelConfig, dict(base, family="gpt2"), "model")
+
+
+def test_resume_allows_context_lengthening_and_refuses_other_changes(tmp_path):
+    from r1jax.config import check_resume, to_dict
+    spec = os.path.join(ROOT, "configs", "dapo_qwen2_5_math_7b.py")
+    saved = to_dict(load_config(spec))
+    # DeepScaleR-style lengthening with its tied settings, another slice, a longer run.
+    longer = load_config(spec, ["rollout.max_new_tokens=8192", "algo.overlong_buffer_len=1024",
+                                "mesh.tensor=2", "rollout.max_slots=128", "train.steps=600",
+                                "eval.max_new_tokens=8192"])
+    assert check_resume(saved, longer) == [
+        "algo.overlong_buffer_len", "eval.max_new_tokens", "mesh.tensor",
+        "rollout.max_new_tokens", "rollout.max_slots", "train.steps"]
+    assert check_resume(saved, load_config(spec)) == []
+    assert check_resume(None, longer) == []  # a checkpoint without a config: nothing to check
+    changed = load_config(spec, ["optim.lr=2e-6", "rollout.group_size=8", "train.steps=600"])
+    with pytest.raises(ConfigError) as err:
+        check_resume(saved, changed)
+    message = str(err.value)
+    assert "optim.lr: checkpoint 1e-06, now 2e-06" in message
+    assert "rollout.group_size: checkpoint 16, now 8" in message
+    assert "train.steps" not in message.split(". A resumed")[0]
+    # A field the saved config predates is not compared.
+    old = {k: dict(v) for k, v in saved.items()}
+    del old["rollout"]["max_slots"]
+    assert check_resume(old, load_config(spec, ["rollout.max_slots=64"])) == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import transformers
 
+from r1jax.config import ConfigError
 from r1jax.metrics import read_metrics
 from r1jax.train import Trainer, TrainingStopped
 
@@ -43,6 +44,31 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(make_config):
     for ra, rb in zip(a[3:], b[3:]):  # steps 3 and 4 ran after the resume
         assert comparable(ra) == comparable(rb)
     assert a[3]["reward/mean"] == b[3]["reward/mean"]
+
+
+def test_resume_may_lengthen_the_context_but_not_change_the_algorithm(make_config):
+    run(make_config("grow", sft=dict(steps=0), eval=dict(source=None),
+                    train=dict(steps=1)))
+    # Context lengthening across resumed runs: 24 -> 40 new tokens.
+    longer = make_config("grow", sft=dict(steps=0), eval=dict(source=None),
+                         train=dict(steps=2), rollout=dict(max_new_tokens=40))
+    trainer, _ = run(longer)
+    assert trainer.step == 2
+    rows = [r for r in read_metrics(longer.train.run_dir) if "response_length/max" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["response_length/max"] <= 24 < rows[1]["response_length/max"] <= 40
+    assert trainer.checkpointer.meta(2)["config"]["rollout"]["max_new_tokens"] == 40
+    # Another learning rate is another run: refused before any array is restored.
+    other = make_config("grow", sft=dict(steps=0), eval=dict(source=None),
+                        train=dict(steps=3), rollout=dict(max_new_tokens=40),
+                        optim=dict(lr=5e-3))
+    trainer = Trainer(other)
+    try:
+        with pytest.raises(ConfigError, match=r"optim\.lr: checkpoint 0\.001, now 0\.005"):
+            trainer.run()
+        assert trainer.step == 0
+    finally:
+        trainer.close()
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(make_config, monkeypatch):
