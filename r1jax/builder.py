@@ -33,12 +33,11 @@ def build_policy(spec: ModelSpec, sharding: Sharding, tokenizer: Any = None) -> 
 
     For `arch` models the vocabulary defaults to the tokenizer's size.
     """
-    numerics = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, remat=spec.remat,
-                    attention_impl=spec.attention_impl, scan_layers=spec.scan_layers)
+    numerics = spec.numerics()
     if spec.path is not None:
+        options = {k: v for k, v in numerics.items() if k not in ("param_dtype", "dtype")}
         return load_hf(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype,
-                       mesh=sharding, remat=spec.remat, attention_impl=spec.attention_impl,
-                       scan_layers=spec.scan_layers)
+                       mesh=sharding, **options)
     if spec.preset is not None:
         cfg = preset_config(spec.preset, **numerics)
     else:

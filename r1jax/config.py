@@ -226,6 +226,9 @@ class ModelSpec:
     tokenizer: tokenizer directory (default: `path`).
     char_vocab: build a character-level tokenizer over these characters (plus the R1 tags
       and special tokens) instead of loading one; for models trained from scratch.
+    rope_theta: a RoPE base replacing the architecture's (long-context SFT raises it, e.g.
+      OpenR1-Math's 10k -> 300k for 4k -> 32k tokens); used in training, sampling and
+      evaluation, and written to the exported config.json. None: the architecture's own.
     """
 
     path: Optional[str] = None
@@ -239,8 +242,19 @@ class ModelSpec:
     attention_impl: str = "xla"
     scan_layers: bool = True
     init_seed: int = 0
+    rope_theta: Optional[float] = None
+
+    def numerics(self) -> dict:
+        """The ModelConfig fields this section sets over the architecture's."""
+        out = dict(param_dtype=self.param_dtype, dtype=self.dtype, remat=self.remat,
+                   attention_impl=self.attention_impl, scan_layers=self.scan_layers)
+        if self.rope_theta is not None:
+            out["rope_theta"] = float(self.rope_theta)
+        return out
 
     def validate(self, path: str) -> None:
+        _check(self.rope_theta is None or self.rope_theta > 0, path, "rope_theta",
+               "must be > 0 (or None: the architecture's)")
         given = [k for k in ("path", "preset", "arch") if getattr(self, k) is not None]
         _check(len(given) == 1, path, "path",
                f"set exactly one of path / preset / arch (got {given or 'none'})")

@@ -118,8 +118,7 @@ def resolve_model(cfg: RunConfig, preset: Optional[str] = None) -> tuple[ModelCo
       FitUsageError: none of these gives an architecture, or `preset` is unknown.
     """
     spec = cfg.model
-    numerics = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, remat=spec.remat,
-                    attention_impl=spec.attention_impl, scan_layers=spec.scan_layers)
+    numerics = spec.numerics()
     if spec.path is not None and os.path.exists(os.path.join(spec.path, "config.json")):
         hf = read_hf_config(spec.path)
         return model_config_from_hf(hf, **numerics), os.path.join(spec.path, "config.json")

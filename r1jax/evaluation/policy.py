@@ -159,10 +159,8 @@ def _run_model_config(spec: Any, run_dir: str, sharding: Sharding) -> ModelConfi
     """The run's ModelConfig; `spec.arch` must hold its vocab_size."""
     spec = dataclasses.replace(spec, remat="none")  # rematerialization only matters for grads
     if spec.path is not None:  # only config.json is read, never the original weights
-        return model_config_from_hf(
-            read_hf_config(_existing(spec.path, run_dir)), param_dtype=spec.param_dtype,
-            dtype=spec.dtype, remat=spec.remat, attention_impl=spec.attention_impl,
-            scan_layers=spec.scan_layers)
+        return model_config_from_hf(read_hf_config(_existing(spec.path, run_dir)),
+                                    **spec.numerics())
     from flax import nnx
     # preset / arch models: the builder's own config logic, traced without allocating.
     return nnx.eval_shape(lambda: builder.build_policy(spec, sharding)).config
