@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 
 from r1jax import builder, checkpoint
-from r1jax.config import RunConfig, check_resume, load_config, to_dict
+from r1jax.config import ConfigError, RunConfig, check_resume, load_config, to_dict
 from r1jax.data import make_prompt_iterator
 from r1jax.evaluation.evaluate import evaluate, write_results
 from r1jax.metrics import MetricsWriter
@@ -358,12 +358,16 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     overrides = [a[len("--config."):] for a in argv[1:] if a.startswith("--config.")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_config(spec[-1], overrides)
-    trainer = Trainer(cfg)
-    try:
-        summary = trainer.run()
-    finally:
-        trainer.close()
+    try:  # a bad config, or a checkpoint the config may not resume: the message, no trace
+        cfg = load_config(spec[-1], overrides)
+        trainer = Trainer(cfg)
+        try:
+            summary = trainer.run()
+        finally:
+            trainer.close()
+    except ConfigError as e:
+        print(f"r1jax-train: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "sft"}, indent=2, default=float))
     return 0
 
