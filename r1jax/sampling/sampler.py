@@ -285,18 +285,17 @@ def _via_bits(sharding: Optional[Sharding]) -> bool:
     return attn_lib.backend(sharding) == "cpu"
 
 
-def _write_slots(cache: jax.Array, index: tuple, values: jax.Array, via_bits: bool,
-                 mode: Optional[str] = None) -> jax.Array:
-    """cache.at[index].set(values, mode=mode); with `via_bits`, done on the raw bits for
+def _write_slots(cache: jax.Array, index: tuple, values: jax.Array,
+                 via_bits: bool) -> jax.Array:
+    """cache.at[index].set(values); with `via_bits`, done on the raw bits for
     16-bit floats: XLA:CPU scatters bf16 by converting the whole cache to f32 and back on every
     call (measured: 5.7 of ~19 thread-seconds of a small-model bf16 rollout), a uint16 scatter
     writes only the slots."""
     values = values.astype(cache.dtype)
     if not via_bits or cache.dtype not in (jnp.bfloat16, jnp.float16):
-        return cache.at[index].set(values, mode=mode)
+        return cache.at[index].set(values)
     bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
-    return jax.lax.bitcast_convert_type(bits(cache).at[index].set(bits(values), mode=mode),
-                                        cache.dtype)
+    return jax.lax.bitcast_convert_type(bits(cache).at[index].set(bits(values)), cache.dtype)
 
 
 def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding, keys_t):
