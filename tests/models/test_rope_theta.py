@@ -51,3 +51,28 @@ def test_rope_theta_override_matches_transformers_and_is_exported(tmp_path):
 def test_rope_theta_must_be_positive():
     with pytest.raises(ConfigError, match="rope_theta"):
         from_dict(ModelSpec, {"path": "/m", "rope_theta": 0.0}, "config.model")
+
+
+def test_rope_theta_through_the_command_line_on_a_mesh(tmp_path):
+    # r1jax-train on the 8-device CPU mesh (tests/conftest.py's XLA_FLAGS): one RL step of
+    # the demo's tiny variant with the base overridden, and the export carries it.
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run_dir = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "r1jax-train"),
+         "--config=configs/demo_cpu.py:tiny", f"--config.train.run_dir={run_dir}",
+         "--config.model.rope_theta=50000.0", "--config.train.steps=1",
+         "--config.train.progress_bar=False"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(run_dir, "export", "config.json")) as f:
+        written = json.load(f)
+    assert (written.get("rope_theta") or written["rope_parameters"]["rope_theta"]) == 50000.0
+    bad = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "r1jax-train"),
+         "--config=configs/demo_cpu.py:tiny", "--config.model.rope_theta=-1.0"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "rope_theta" in bad.stderr, bad.stderr[-2000:]
