@@ -8,10 +8,12 @@ installed. Each config is compiled once, with `--fast` (see r1jax/fit.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import re
 from unittest import mock
@@ -22,7 +24,6 @@ import pytest
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install 'jax[tpu]'), so "
                     "nothing can be compiled for a TPU topology on this host")
 
-from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 from r1jax import fit as fit_lib  # noqa: E402
 from r1jax.config import load_config  # noqa: E402
@@ -39,19 +40,23 @@ VERDICT = re.compile(r"verdict: fits (\S+) \(largest: (\w+) ([\d.]+) of ([\d.]+)
                      r"per chip\)")
 
 
+_CHILD = None
+
+
 @pytest.fixture(scope="module", autouse=True)
-def no_persistent_cache():
-    # TPU executables compiled without a TPU client cannot be read back from the persistent
-    # compile cache (r1jax-fit turns it off); JAX decides once per process whether to use
-    # it: reset that decision both ways.
-    was = jax.config.jax_enable_compilation_cache
+def fit_process():
+    """One spawned process runs this module's r1jax-fit calls: libtpu and the several GiB
+    the TPU compiler keeps live there, never in the test worker, and leave with it."""
+    global _CHILD
+    _CHILD = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     yield
-    jax.config.update("jax_enable_compilation_cache", was)
-    compilation_cache.reset_cache()
+    _CHILD.shutdown()
+    _CHILD = None
 
 
-def run_fit(*args: str) -> tuple[int, str, "fit_lib.FitReport | None"]:
-    """(exit status, printed text, the FitReport) of `r1jax-fit ARGS --fast`, in process."""
+def _fit_in_child(args: tuple) -> tuple[int, str, "fit_lib.FitReport | None"]:
+    os.chdir(ROOT)  # the configs' relative paths
     reports = []
     real = fit_lib.fit
 
@@ -63,8 +68,15 @@ def run_fit(*args: str) -> tuple[int, str, "fit_lib.FitReport | None"]:
     with mock.patch.object(fit_lib, "fit", recording), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(out):
         code = fit_lib.main(["r1jax-fit", *args, "--fast"])
-    print(out.getvalue())  # the figures, in the test log
     return code, out.getvalue(), reports[0] if reports else None
+
+
+def run_fit(*args: str) -> tuple[int, str, "fit_lib.FitReport | None"]:
+    """(exit status, printed text, the FitReport) of `r1jax-fit ARGS --fast`, in the
+    module's fit process."""
+    code, text, report = _CHILD.submit(_fit_in_child, args).result(timeout=1200)
+    print(text)  # the figures, in the test log
+    return code, text, report
 
 
 def recommended(config: str) -> tuple[str, float, float]:
@@ -121,8 +133,9 @@ def test_shipped_config_fits_its_recommended_slice(config):
     expected = 12 * n / chips + batch_bytes_per_chip(cfg, rows, par)
     assert update.argument_bytes == pytest.approx(expected, rel=0.02)
     assert update.alias_bytes == pytest.approx(12 * n / chips, rel=0.02)
-    # rollout: arguments = float32 params + the (replicated) prompts; its temporaries hold
-    # at least the KV cache of its slots (the static batch's rows without max_slots).
+    # rollout: arguments = float32 params + the (replicated) prompts; it holds at least the
+    # KV cache of its slots: a temporary of the static batch (its rows without max_slots),
+    # or part of the engine state it returns (the trainer donates it to the next segment).
     rollout = report.program("rollout")
     prompts = cfg.train.gen_prompts_per_batch or cfg.train.prompts_per_step
     padded = -(-prompts // par) * par + (par if cfg.rollout.max_slots else 0)
@@ -130,7 +143,8 @@ def test_shipped_config_fits_its_recommended_slice(config):
     assert rollout.argument_bytes == pytest.approx(4 * n / chips + prompt_bytes, rel=0.02)
     slots = cfg.rollout.max_slots or padded * cfg.rollout.group_size
     kv_split = report.mesh["tensor"] if model.num_kv_heads % report.mesh["tensor"] == 0 else 1
-    assert rollout.temp_bytes >= cache_bytes_per_chip(cfg, model, slots, par * kv_split)
+    held = rollout.temp_bytes + rollout.output_bytes
+    assert held >= cache_bytes_per_chip(cfg, model, slots, par * kv_split)
 
 
 def test_prefill_and_decode_steps_hold_what_is_computed_by_hand():
@@ -174,7 +188,7 @@ def test_32b_rollout_compiles_and_fits_at_512_slots():
     assert rollout.shapes == "1536 prompts x 16, 512 slots"
     cfg = load_config(config)
     model, _ = resolve_model(cfg)
-    assert rollout.temp_bytes >= cache_bytes_per_chip(cfg, model, 512, 16 * 8)
+    assert rollout.output_bytes >= cache_bytes_per_chip(cfg, model, 512, 16 * 8)
 
 
 def test_32b_recipe_does_not_fit_a_v5p_8():
@@ -263,8 +277,7 @@ def test_bad_slice_names_are_clear_errors(name):
     (("--config=configs/demo_cpu.py", "--topology=v5p-8", "--config.algo.lr=1"),
      "unknown config key"),
 ])
-def test_usage_errors_exit_2_and_say_why(args, message, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_usage_errors_exit_2_and_say_why(args, message):
     code, text, _ = run_fit(*args)
     assert code == 2 and message in text, text
 
