@@ -266,9 +266,10 @@ class RunPrograms:
                        self._resident("params", "opt_state", "reference"))
 
     def rollout(self) -> Program:
-        """The sampler's whole program for one generation batch, as the trainer's Sampler
-        builds it: prefill and decode loop with their state (cache, staging buffer, outputs);
-        prompts at the full Sp tokens."""
+        """The sampler's program for one generation batch, as the trainer's Sampler builds
+        it: with slots, the engine's state made and one segment run over a queue of the
+        batch's prompts (a static batch: prefill and the whole decode loop); prompts at the
+        full Sp tokens."""
         r = self.cfg.rollout
         width = self.cfg.data.max_prompt_tokens
         holder = types.SimpleNamespace(config=self.model, sharding=self.sharding, params=None)
@@ -276,8 +277,19 @@ class RunPrograms:
                                   max_slots=r.max_slots)
         prompts = self.cfg.train.gen_prompts_per_batch or self.cfg.train.prompts_per_step
         tokens, _, _ = smp._pack([[0] * width] * prompts)
-        fn = smp._program(tokens.shape, r.group_size, r.max_new_tokens, self._sampling(),
-                          (0,))
+        sp, stops = self._sampling(), (0,)
+        if r.max_slots is None:
+            fn = smp._program(tokens.shape, r.group_size, r.max_new_tokens, sp, stops)
+        else:
+            stream = sampler_lib.RolloutStream.layout(smp, r.group_size)
+            init, run = smp._engine_programs(stream["width"], tokens.shape[0], r.group_size,
+                                             r.max_new_tokens, sp, stops,
+                                             stream["done_rows"], True)
+
+            def fn(params, queue, lens, count, key):
+                return run(params, init(params), queue, lens, count, jnp.int32(0), key,
+                           jnp.int32(r.stream_steps))
+            fn = jax.jit(fn)
         key = jax.eval_shape(lambda: jax.random.key(0))
         args = (self.params, _sds(tokens.shape, jnp.int32, self.replicated),
                 _sds(tokens.shape[:1], jnp.int32, self.replicated),

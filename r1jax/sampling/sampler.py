@@ -169,30 +169,60 @@ class Sampler:
             raise ValueError(f"n must be an integer >= 1, got {n}")
         prompts, truncated = self._prepare_prompts(prompt_ids)
         stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
-        tokens, lens, num_prompts = self._pack(prompts)
-        fn = self._program(tokens.shape, n, max_new, sp, stops)
+        params = self.model.params if params is None else params
         start = time.perf_counter()
-        out = fn(self.model.params if params is None else params, tokens, lens,
-                 jnp.int32(num_prompts), jax.random.key(seed))
-        out = jax.tree.map(np.asarray, jax.device_get(out))
-        seconds = time.perf_counter() - start
+        tokens, lens, num_prompts = self._pack(prompts)
         rows = num_prompts * n
+        if self.max_slots is None:
+            fn = self._program(tokens.shape, n, max_new, sp, stops)
+            out = fn(params, tokens, lens, jnp.int32(num_prompts), jax.random.key(seed))
+            out = jax.tree.map(np.asarray, jax.device_get(out))
+            out = {k: out[k][:rows] for k in FIELDS} | {"steps": int(out["steps"])}
+        else:
+            out = self._generate_engine(params, tokens, lens, num_prompts, n, max_new, sp,
+                                        stops, seed)
+        seconds = time.perf_counter() - start
         res = SampleOutput(
-            tokens=out["tokens"][:rows], lengths=out["lengths"][:rows],
-            finish_reason=out["finish"][:rows], logprobs=out["logp"][:rows],
-            sampling_logprobs=out["sample_logp"][:rows],
+            tokens=out["tokens"], lengths=out["lengths"], finish_reason=out["finish"],
+            logprobs=out["logp"], sampling_logprobs=out["sample_logp"],
             prompt_index=np.repeat(np.arange(num_prompts), n), prompt_ids=prompts,
             stats={})
         res.stats = {"prompts": num_prompts, "rows": rows, "truncated_prompts": truncated,
                      "prompt_tokens": int(sum(map(len, prompts))),
                      "generated_tokens": int(res.lengths.sum()),
-                     "decode_steps": int(out["steps"]), "seconds": seconds}
+                     "decode_steps": out["steps"], "seconds": seconds}
         if self.max_slots is not None:
-            steps = max(int(out["steps"]), 1)
-            res.stats.update(slots=self.max_slots, slot_steps=int(out["slot_steps"]),
-                             slot_utilization=int(out["slot_steps"]) / (steps * self.max_slots),
-                             prefills=int(out["prefills"]))
+            res.stats.update(_slot_stats(out["steps"], out["slot_steps"], self.max_slots),
+                             prefills=out["prefills"])
         return res
+
+    def stream(self, *, n: int = 1, max_new_tokens: Optional[int] = None,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+               min_p: float = 0.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
+               params: Any = None, segment_steps: int = 64) -> "RolloutStream":
+        """A `RolloutStream` on this sampler's engine (needs `max_slots`): prompts are added
+        as they are drawn and groups come back as their n rows finish. Arguments as for
+        `generate`; `segment_steps` decode steps run between two returns to the host.
+        A completion is the same as `generate` gives for the same seed, prompt index and
+        sample index."""
+        if self.max_slots is None:
+            raise ValueError("Sampler.stream needs the continuous-batching engine: construct "
+                             "the Sampler with max_slots (config rollout.max_slots)")
+        sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        sp.validate()
+        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if not 1 <= max_new <= self.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}], "
+                             f"got {max_new}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n}")
+        if isinstance(segment_steps, bool) or not isinstance(segment_steps, int) \
+                or segment_steps < 1:
+            raise ValueError(f"segment_steps must be an integer >= 1, got {segment_steps}")
+        stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
+        return RolloutStream(self, n=n, max_new=max_new, sp=sp, stops=stops, seed=seed,
+                             params=self.model.params if params is None else params,
+                             segment_steps=segment_steps)
 
     # ------------------------------------------------------------------------------------
     def _prepare_prompts(self, prompt_ids) -> tuple[list[list[int]], int]:
@@ -236,17 +266,189 @@ class Sampler:
         return tokens, lens, num
 
     def _program(self, shape, n, max_new, sp, stops):
-        key = (shape, n, max_new, sp, stops)
+        """The static-batch program (`max_slots=None`)."""
+        key = ("static", shape, n, max_new, sp, stops)
         if key not in self._compiled:
-            kwargs = dict(cfg=self.config, sharding=self.sharding, n=n, max_new=max_new,
-                          sp=sp, stops=stops, pad_id=self.pad_id, cache_dtype=self.cache_dtype)
-            if self.max_slots is None:
-                fn = functools.partial(_generate, **kwargs)
-            else:
-                fn = functools.partial(_generate_slots, slots=self.max_slots,
-                                       prefill_rows=self._parallelism, **kwargs)
-            self._compiled[key] = jax.jit(fn)
+            self._compiled[key] = jax.jit(functools.partial(
+                _generate, cfg=self.config, sharding=self.sharding, n=n, max_new=max_new, sp=sp,
+                stops=stops, pad_id=self.pad_id, cache_dtype=self.cache_dtype))
         return self._compiled[key]
+
+    def _engine_programs(self, width, queue, n, max_new, sp, stops, done_rows, bounded):
+        """(init, run): the engine's jitted programs for cache width Sp + max_new, a queue of
+        `queue` prompts and a done buffer of `done_rows` rows; run donates the state."""
+        common = dict(cfg=self.config, sharding=self.sharding, slots=self.max_slots,
+                      prefill_rows=self._parallelism, pad_id=self.pad_id)
+        init_key = ("init", width, max_new)
+        if init_key not in self._compiled:
+            self._compiled[init_key] = jax.jit(functools.partial(
+                _engine_init, width=width, max_new=max_new, cache_dtype=self.cache_dtype,
+                **common))
+        run_key = ("run", width, queue, n, max_new, sp, stops, done_rows, bounded)
+        if run_key not in self._compiled:
+            self._compiled[run_key] = jax.jit(functools.partial(
+                _engine_run, n=n, max_new=max_new, sp=sp, stops=stops, done_rows=done_rows,
+                bounded=bounded, **common), donate_argnums=1)
+        return self._compiled[init_key], self._compiled[run_key]
+
+    def _generate_engine(self, params, tokens, lens, num_prompts, n, max_new, sp, stops, seed):
+        """One engine run over all of a `generate` call's prompts; rows back in order."""
+        done_rows = tokens.shape[0] * n
+        init, run = self._engine_programs(tokens.shape[1], tokens.shape[0], n, max_new, sp,
+                                          stops, done_rows, False)
+        state, done, _, steps = run(params, init(params), tokens, lens, jnp.int32(num_prompts),
+                                    jnp.int32(0), jax.random.key(seed),
+                                    jnp.int32(np.iinfo(np.int32).max))
+        done, counters = jax.device_get((done, {k: state[k] for k in ("slot_steps",
+                                                                      "prefills")}))
+        rows = num_prompts * n
+        count = int(done["count"])
+        order = np.asarray(done["row"][:count])
+        if count != rows or sorted(order.tolist()) != list(range(rows)):
+            raise RuntimeError(f"the engine finished {count} rows for {rows} completions")
+        out = {k: np.empty_like(np.asarray(done[k][:rows])) for k in FIELDS}
+        for k in FIELDS:
+            out[k][order] = np.asarray(done[k][:count])
+        return out | {"steps": int(steps), "slot_steps": int(counters["slot_steps"]),
+                      "prefills": int(counters["prefills"])}
+
+
+class RolloutStream:
+    """Prompts in, finished groups out, on one engine state (`Sampler.stream`).
+
+        stream = sampler.stream(n=16, max_new_tokens=T, seed=s, params=params)
+        stream.add(prompts)                 # any time; they queue behind earlier ones
+        stream.dispatch()                   # starts up to segment_steps decode steps
+        for prompt, out in stream.collect():  # waits for them; groups whose rows all ended
+            ...                             # out: a SampleOutput of prompt's n rows
+
+    `dispatch` returns at once (JAX runs the segment asynchronously), so the host can score
+    the groups of the previous `collect` while the device decodes. Prompt p (in order of
+    `add`) gets rows p * n + i and the keys `generate` would give prompt p, so a completion
+    does not depend on the segment length, the slot count or when prompts were added.
+    Rows still decoding when the stream is dropped are simply discarded.
+
+    Attributes:
+      waiting: prompts added and not yet prefilled.
+      in_flight: prompts prefilled whose group has not finished.
+      stats: decode_steps, slot_steps, slots, slot_utilization, prefills, segments.
+    """
+
+    def __init__(self, sampler: Sampler, *, n, max_new, sp, stops, seed, params,
+                 segment_steps):
+        self._sampler = sampler
+        self.n = n
+        self.max_new = max_new
+        self._sp, self._stops, self._params = sp, stops, params
+        self._key = jax.random.key(seed)
+        self.segment_steps = segment_steps
+        layout = self.layout(sampler, n)
+        self.width, self._done_rows = layout["width"], layout["done_rows"]
+        slots = sampler.max_slots
+        init, _ = sampler._engine_programs(self.width, 0, n, max_new, sp, stops,
+                                           self._done_rows, True)
+        self._state = init(params)
+        self._prompts: list[list[int]] = []
+        self._taken = 0  # prompts handed to the engine
+        self._rows: dict[int, list[tuple]] = {}  # prompt -> its finished rows so far
+        self._pending = None  # the dispatched segment's (done, taken, steps)
+        self._finished = 0  # groups returned by collect
+        self.truncated_prompts = 0
+        self.stats = {"decode_steps": 0, "slot_steps": 0, "prefills": 0, "segments": 0,
+                      "slots": slots}
+
+    @staticmethod
+    def layout(sampler: Sampler, n: int) -> dict:
+        """The stream's fixed shapes: cache prompt width Sp (max_prompt_len rounded up to 16)
+        and done-buffer rows (the slots plus one admission's rows: what one step can end)."""
+        return {"width": _bucket(sampler.max_prompt_len, 16, sampler.max_prompt_len),
+                "done_rows": sampler.max_slots + min(sampler._parallelism * n,
+                                                     sampler.max_slots)}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._prompts) - self._taken
+
+    @property
+    def in_flight(self) -> int:
+        return self._taken - self._finished
+
+    def add(self, prompt_ids: Sequence[Sequence[int]]) -> list[int]:
+        """Queues prompts (validated and truncated as by `generate`); returns their indices."""
+        if self._pending is not None:
+            raise RuntimeError("RolloutStream.add while a segment is dispatched: collect() "
+                               "first")
+        prompts, truncated = self._sampler._prepare_prompts(prompt_ids)
+        self.truncated_prompts += truncated
+        first = len(self._prompts)
+        self._prompts.extend(prompts)
+        return list(range(first, len(self._prompts)))
+
+    def dispatch(self) -> bool:
+        """Starts the next segment; False (and nothing runs) when no prompt is waiting or
+        decoding."""
+        if self._pending is not None:
+            raise RuntimeError("RolloutStream.dispatch twice without collect()")
+        if not self.waiting and not self.in_flight:
+            return False
+        smp = self._sampler
+        par = smp._parallelism
+        count = self.waiting
+        queue = _bucket(count, par, 1 << 30) + par if count else par
+        tokens = np.full((queue, self.width), smp.pad_id, np.int32)
+        lens = np.ones((queue,), np.int32)
+        for i, p in enumerate(self._prompts[self._taken:]):
+            tokens[i, :len(p)] = p
+            lens[i] = len(p)
+        _, run = smp._engine_programs(self.width, queue, self.n, self.max_new, self._sp,
+                                      self._stops, self._done_rows, True)
+        self._state, done, taken, steps = run(
+            self._params, self._state, tokens, lens, jnp.int32(count),
+            jnp.int32(self._taken), self._key, jnp.int32(self.segment_steps))
+        self._pending = (done, taken, steps)
+        return True
+
+    def collect(self) -> list[tuple[int, SampleOutput]]:
+        """Waits for the dispatched segment; returns (prompt index, its n rows) for each
+        group that finished in it, in prompt order ([] when nothing was dispatched)."""
+        if self._pending is None:
+            return []
+        done, taken, steps = jax.device_get(self._pending)
+        counters = jax.device_get({k: self._state[k] for k in ("slot_steps", "prefills")})
+        self._pending = None
+        self._taken += int(taken)
+        st = self.stats
+        st["decode_steps"] += int(steps)
+        st["segments"] += 1
+        st["slot_steps"], st["prefills"] = int(counters["slot_steps"]), int(counters["prefills"])
+        st.update(_slot_stats(st["decode_steps"], st["slot_steps"], st["slots"]))
+        finished = []
+        for i in range(int(done["count"])):
+            row = int(done["row"][i])
+            rows = self._rows.setdefault(row // self.n, [])
+            rows.append((row % self.n,) + tuple(np.asarray(done[k][i]) for k in FIELDS))
+            if len(rows) == self.n:
+                finished.append(row // self.n)
+        groups = []
+        for p in sorted(finished):
+            rows = sorted(self._rows.pop(p), key=lambda r: r[0])
+            fields = {k: np.stack([r[1 + j] for r in rows]) for j, k in enumerate(FIELDS)}
+            out = SampleOutput(tokens=fields["tokens"], lengths=fields["lengths"],
+                               finish_reason=fields["finish"], logprobs=fields["logp"],
+                               sampling_logprobs=fields["sample_logp"],
+                               prompt_index=np.zeros(self.n, np.int64),
+                               prompt_ids=[self._prompts[p]], stats={})
+            groups.append((p, out))
+        self._finished += len(groups)
+        return groups
+
+
+def _slot_stats(steps: int, slot_steps: int, slots: int) -> dict:
+    return {"slots": slots, "slot_steps": slot_steps,
+            "slot_utilization": slot_steps / (max(steps, 1) * slots)}
+
+
+FIELDS = ("tokens", "lengths", "finish", "logp", "sample_logp")
 
 
 # ----------------------------------------------------------------------------------------
@@ -442,128 +644,192 @@ def _insert_prompts(cache, k, v, prompt, slot_ids, count, keys_t):
             tuple(put(c, v[i], False) for i, c in enumerate(cache_v)))
 
 
-def _generate_slots(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_new, sp,
-                    stops, pad_id, cache_dtype, slots, prefill_rows):
-    """The engine: `slots` cache rows, prompts prefilled `prefill_rows` at a time.
-
-    A prefill fills a staging buffer (the prompts' K/V and next-token logits); its n rows per
-    prompt move into free slots as slots free up, possibly over several steps, so a slot
-    never waits for a whole group to fit, and the buffer is refilled once it is empty.
-
-    Args:
-      tokens: [P', Sp] left-aligned prompts, P' >= num_prompts + prefill_rows (padding rows
-        are never admitted).
-      lens: [P'] prompt lengths.
-      num_prompts: scalar int32, the real prompts.
-    Returns:
-      the same dict as `_generate` over R = P' * n rows (rows of padding prompts stay
-      empty), plus slot_steps (occupied slot-steps) and prefills (prefill passes run).
-    """
+def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, pad_id,
+                 cache_dtype):
+    """The engine's state before any prompt: an empty cache of `slots` rows, an empty staging
+    buffer of `prefill_rows` prompts, free slots, and per-slot outputs [N, T]."""
     keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)
-    width = tokens.shape[1]
-    total = tokens.shape[0] * n
     pp = prefill_rows
-    m = min(pp * n, slots)  # most rows one admission can place
-    layer_params, head_params = _weights(params, cfg)
-    stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
-    cache = _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t)
-    prefill = lambda t, l: _prefill(params, t, l, cfg, sharding)
-    shapes = jax.eval_shape(prefill, tokens[:pp], lens[:pp])
-    buf = {"k": jnp.zeros(shapes[0].shape, cache_dtype),  # [L, pp, Sp, K, Dh]
-           "v": jnp.zeros(shapes[1].shape, cache_dtype),
-           "logits": jnp.zeros(shapes[2].shape, shapes[2].dtype),  # [pp, V]
-           "lens": jnp.ones((pp,), jnp.int32)}
-    out = _empty_outputs(total, max_new, pad_id)
-    free_row = jnp.int32(-1)
-    state = {
-        "row": jnp.full((slots,), free_row, jnp.int32),  # completion row in the slot, or -1
-        "pos": jnp.zeros((slots,), jnp.int32),  # cache position of the token fed next
-        "t": jnp.zeros((slots,), jnp.int32),  # completion tokens the row has so far
-        "tok": jnp.full((slots,), pad_id, jnp.int32),  # the token fed next
-        "key": _row_keys(key, jnp.zeros((slots,), jnp.int32), n),  # the row's key
-        "next": jnp.int32(0),  # next prompt to prefill
-        "buf_row": jnp.int32(0), "buf_next": jnp.int32(0), "buf_total": jnp.int32(0),
-        "steps": jnp.int32(0), "slot_steps": jnp.int32(0), "prefills": jnp.int32(0),
+    shapes = jax.eval_shape(lambda t, l: _prefill(params, t, l, cfg, sharding),
+                            jax.ShapeDtypeStruct((pp, width), jnp.int32),
+                            jax.ShapeDtypeStruct((pp,), jnp.int32))
+    per_slot = lambda x: constrain(x, ("cache_batch",) + (None,) * (x.ndim - 1), sharding)
+    zero = jnp.int32(0)
+    return {
+        "cache": _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t),
+        "buf_k": jnp.zeros(shapes[0].shape, cache_dtype),  # [L, pp, Sp, K, Dh]
+        "buf_v": jnp.zeros(shapes[1].shape, cache_dtype),
+        "buf_logits": jnp.zeros(shapes[2].shape, shapes[2].dtype),  # [pp, V]
+        "buf_lens": jnp.ones((pp,), jnp.int32),
+        "buf_prompt": zero,  # prompt index of the buffer's first prompt
+        "buf_next": zero, "buf_total": zero,  # rows of the buffer placed / held
+        "row": per_slot(jnp.full((slots,), -1, jnp.int32)),  # completion row, or -1: free
+        "pos": per_slot(jnp.zeros((slots,), jnp.int32)),  # cache position fed next
+        "t": per_slot(jnp.zeros((slots,), jnp.int32)),  # completion tokens so far
+        "tok": per_slot(jnp.full((slots,), pad_id, jnp.int32)),  # token fed next
+        "key": _row_keys(jax.random.key(0), jnp.zeros((slots,), jnp.int32), 1),
+        "tokens": per_slot(jnp.full((slots, max_new), pad_id, jnp.int32)),
+        "logp": per_slot(jnp.zeros((slots, max_new), jnp.float32)),
+        "sample_logp": per_slot(jnp.zeros((slots, max_new), jnp.float32)),
+        "finish": per_slot(jnp.full((slots,), LENGTH, jnp.int32)),
+        "steps": zero, "slot_steps": zero, "prefills": zero,  # since the state was made
     }
 
-    def record(out, rows, keys, t, logits, live):
-        """Samples position t of `rows` ([M] each, with their keys; rows where `live` is False
-        are skipped) and writes the results; returns (out, tokens [M], stopped-or-full [M])."""
+
+def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, max_steps, *,
+                cfg, sharding, n, max_new, sp, stops, pad_id, slots, prefill_rows, done_rows,
+                bounded):
+    """Runs the engine from `state` for at most `max_steps` decode steps.
+
+    Every step first moves rows of prefilled prompts into free slots (prefilling the next
+    `prefill_rows` queued prompts whenever the staging buffer is empty), then advances every
+    occupied slot by one token. A row that stops is copied to the done buffer and frees its
+    slot at once. The run ends when no row is decoding and no prompt waits, after
+    `max_steps`, or (when `bounded`) when the done buffer might not hold one more step's
+    finished rows; rows still decoding and prompts still buffered stay in the state.
+
+    Args:
+      state: `_engine_init`'s dict (donated).
+      queue: [Q, Sp] left-aligned prompts waiting; Q >= queue_count + prefill_rows.
+      queue_lens: [Q] their lengths.
+      queue_count: scalar int32, the real prompts in `queue`.
+      queue_base: scalar int32, the prompt index of queue[0] (rows are prompt * n + sample).
+      key: the stream's PRNG key.
+      max_steps: scalar int32.
+      done_rows: D, rows of the done buffer; without `bounded`, D must be at least the rows
+        the run can finish (all of a `generate` call's).
+    Returns:
+      (state, done, taken, steps): done = {row [D], tokens / logp / sample_logp [D, T],
+      lengths [D], finish [D], count}, rows [count:] unused; taken = prompts of the queue
+      prefilled (they are the engine's now); steps = decode steps run.
+    """
+    keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)
+    pp = prefill_rows
+    m = min(pp * n, slots)  # most rows one admission can place
+    big_n, big_d = slots, done_rows
+    layer_params, head_params = _weights(params, cfg)
+    stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
+    prefill = lambda t, l: _prefill(params, t, l, cfg, sharding)
+    rep = lambda x: constrain(x, (None,) * x.ndim, sharding)
+    done = {"row": rep(jnp.full((big_d,), -1, jnp.int32)),
+            "tokens": rep(jnp.full((big_d, max_new), pad_id, jnp.int32)),
+            "logp": rep(jnp.zeros((big_d, max_new), jnp.float32)),
+            "sample_logp": rep(jnp.zeros((big_d, max_new), jnp.float32)),
+            "lengths": rep(jnp.zeros((big_d,), jnp.int32)),
+            "finish": rep(jnp.full((big_d,), LENGTH, jnp.int32)),
+            "count": jnp.int32(0)}
+    local = {"taken": jnp.int32(0), "steps": jnp.int32(0)}
+    cols = jnp.arange(max_new, dtype=jnp.int32)
+    slot_ids_all = jnp.arange(big_n, dtype=jnp.int32)
+
+    def room(done):
+        return jnp.bool_(True) if not bounded else done["count"] + m + big_n <= big_d
+
+    def waiting(st, lc):
+        return (st["buf_next"] < st["buf_total"]) | (lc["taken"] < queue_count)
+
+    def record(st, slot_ids, keys, t, logits, live):
+        """Samples position t ([M] or scalar) of the rows in `slot_ids` ([M], those where
+        `live` is False skipped) into their slots' outputs; returns (state, tokens [M],
+        stopped-or-full [M])."""
         tok, logp, slogp = sample(logits, _at(keys, t), sp)
-        target = jnp.where(live, rows, total)  # out of range: dropped
-        out = dict(out)
-        out["tokens"] = out["tokens"].at[target, t].set(tok, mode="drop")
-        out["logp"] = out["logp"].at[target, t].set(logp, mode="drop")
-        out["sample_logp"] = out["sample_logp"].at[target, t].set(slogp, mode="drop")
-        out["lengths"] = out["lengths"].at[target].add(1, mode="drop")
+        target = jnp.where(live, slot_ids, big_n)  # out of range: dropped
         stopped = jnp.isin(tok, stop_ids)
-        out["finish"] = out["finish"].at[jnp.where(stopped, target, total)].set(
-            STOP, mode="drop")
-        return out, tok, stopped | (t + 1 >= max_new)
+        st = dict(st)
+        st["tokens"] = st["tokens"].at[target, t].set(tok, mode="drop")
+        st["logp"] = st["logp"].at[target, t].set(logp, mode="drop")
+        st["sample_logp"] = st["sample_logp"].at[target, t].set(slogp, mode="drop")
+        st["finish"] = st["finish"].at[target].set(jnp.where(stopped, STOP, LENGTH),
+                                                   mode="drop")
+        return st, tok, stopped | (t + 1 >= max_new)
+
+    def retire(st, done, finished):
+        """Copies the rows of the slots where `finished` ([N]) to the done buffer (padding
+        after each row's length) and frees those slots. Each row is picked out of the
+        slot-sharded outputs by a masked sum over slots, which partitions like any reduction
+        (a dynamic index into the sharded axis would gather the whole array)."""
+        count = jnp.sum(finished).astype(jnp.int32)
+        ids = jnp.nonzero(finished, size=big_n, fill_value=0)[0]
+
+        def one(j, done):
+            sel = slot_ids_all == ids[j]
+            pick = lambda x: jnp.sum(jnp.where(sel.reshape((-1,) + (1,) * (x.ndim - 1)), x,
+                                               jnp.zeros((), x.dtype)), axis=0)
+            length = pick(st["t"])
+            keep = cols < length
+            idx = done["count"] + j
+            done = dict(done)
+            for name, fill in (("tokens", pad_id), ("logp", 0.0), ("sample_logp", 0.0)):
+                row = jnp.where(keep, pick(st[name]), jnp.asarray(fill, st[name].dtype))
+                done[name] = lax.dynamic_update_slice(done[name], row[None], (idx, 0))
+            for name, value in (("row", pick(st["row"])), ("lengths", length),
+                                ("finish", pick(st["finish"]))):
+                done[name] = lax.dynamic_update_slice(done[name], value[None], (idx,))
+            return done
+
+        done = lax.fori_loop(0, count, one, done)
+        done = dict(done, count=done["count"] + count)
+        st = dict(st, row=jnp.where(finished, -1, st["row"]))
+        return st, done
 
     def can_admit(carry):
-        _, st, _, _ = carry
-        waiting = (st["buf_next"] < st["buf_total"]) | (st["next"] < num_prompts)
-        return jnp.any(st["row"] < 0) & waiting
+        st, done, lc = carry
+        return jnp.any(st["row"] < 0) & waiting(st, lc) & room(done)
 
     def refill(args):
-        """Prefills the next min(pp, waiting) prompts into the (empty) buffer."""
-        st, _ = args
-        count = jnp.minimum(pp, num_prompts - st["next"])
-        batch_lens = lax.dynamic_slice_in_dim(lens, st["next"], pp)
-        k, v, logits = prefill(lax.dynamic_slice_in_dim(tokens, st["next"], pp), batch_lens)
-        buf = {"k": k.astype(cache_dtype), "v": v.astype(cache_dtype), "logits": logits,
-               "lens": batch_lens}
-        st = dict(st, buf_row=st["next"] * n, buf_next=jnp.int32(0), buf_total=count * n,
-                  next=st["next"] + count, prefills=st["prefills"] + 1)
-        return st, buf
+        """Prefills the next min(pp, waiting) queued prompts into the (empty) buffer."""
+        st, lc = args
+        count = jnp.minimum(pp, queue_count - lc["taken"])
+        batch_lens = lax.dynamic_slice_in_dim(queue_lens, lc["taken"], pp)
+        k, v, logits = prefill(lax.dynamic_slice_in_dim(queue, lc["taken"], pp), batch_lens)
+        st = dict(st, buf_k=k.astype(st["buf_k"].dtype), buf_v=v.astype(st["buf_v"].dtype),
+                  buf_logits=logits.astype(st["buf_logits"].dtype), buf_lens=batch_lens,
+                  buf_prompt=queue_base + lc["taken"], buf_next=jnp.int32(0),
+                  buf_total=count * n, prefills=st["prefills"] + 1)
+        return st, dict(lc, taken=lc["taken"] + count)
 
     def admit(carry):
         """Moves min(free slots, buffered rows) rows from the buffer into free slots."""
-        out, st, cache, buf = carry
-        st, buf = lax.cond(st["buf_next"] >= st["buf_total"], refill, lambda a: a,
-                           (st, buf))
+        st, done, lc = carry
+        st, lc = lax.cond(st["buf_next"] >= st["buf_total"], refill, lambda a: a, (st, lc))
         free = st["row"] < 0
         count = jnp.minimum(jnp.sum(free), st["buf_total"] - st["buf_next"])
         j = jnp.arange(m, dtype=jnp.int32)
         placed = j < count
-        slot_ids = jnp.where(placed, jnp.nonzero(free, size=m, fill_value=slots)[0], slots)
-        local = st["buf_next"] + j  # row within the buffer
-        prompt = jnp.minimum(local // n, pp - 1)
-        cache = _insert_prompts(cache, buf["k"], buf["v"], prompt, slot_ids, count, keys_t)
-        rows = st["buf_row"] + local
+        slot_ids = jnp.where(placed, jnp.nonzero(free, size=m, fill_value=big_n)[0], big_n)
+        local_row = st["buf_next"] + j  # row within the buffer
+        prompt = jnp.minimum(local_row // n, pp - 1)
+        st = dict(st, cache=_insert_prompts(st["cache"], st["buf_k"], st["buf_v"], prompt,
+                                            slot_ids, count, keys_t))
+        rows = st["buf_prompt"] * n + local_row
         keys = _row_keys(key, rows, n)
-        out, tok, done = record(out, rows, keys, jnp.int32(0), buf["logits"][prompt], placed)
-        occupy = jnp.where(placed & ~done, slot_ids, slots)
-        st = dict(st)
-        st["row"] = st["row"].at[occupy].set(rows, mode="drop")
-        st["key"] = st["key"].at[occupy].set(keys, mode="drop")
-        st["pos"] = st["pos"].at[occupy].set(buf["lens"][prompt], mode="drop")
-        st["t"] = st["t"].at[occupy].set(1, mode="drop")
-        st["tok"] = st["tok"].at[occupy].set(tok, mode="drop")
+        st, tok, fin = record(st, slot_ids, keys, jnp.int32(0), st["buf_logits"][prompt],
+                              placed)
+        for name, value in (("row", rows), ("key", keys), ("pos", st["buf_lens"][prompt]),
+                            ("t", jnp.ones_like(rows)), ("tok", tok)):
+            st[name] = st[name].at[slot_ids].set(value, mode="drop")
         st["buf_next"] = st["buf_next"] + count
-        return out, st, cache, buf
+        finished = jnp.zeros((big_n,), bool).at[slot_ids].set(fin, mode="drop")
+        st, done = retire(st, done, finished)
+        return st, done, lc
 
     def cond(carry):
-        _, st, _, _ = carry
-        return jnp.any(st["row"] >= 0) | (st["buf_next"] < st["buf_total"]) | \
-            (st["next"] < num_prompts)
+        st, done, lc = carry
+        work = jnp.any(st["row"] >= 0) | waiting(st, lc)
+        return work & (lc["steps"] < max_steps) & room(done)
 
     def body(carry):
-        out, st, cache, buf = lax.while_loop(can_admit, admit, carry)
+        st, done, lc = lax.while_loop(can_admit, admit, carry)
         live = st["row"] >= 0
         pos = jnp.where(live, st["pos"], 0)  # free slots write position 0, later overwritten
-        logits, cache = _decode_step(layer_params, head_params, cache, st["tok"], pos, cfg,
-                                     sharding, keys_t)
-        out, tok, done = record(out, st["row"], st["key"], st["t"], logits, live)
-        st = dict(st)
-        st["row"] = jnp.where(live & ~done, st["row"], free_row)
-        st["pos"] = st["pos"] + 1
-        st["t"] = st["t"] + 1
-        st["tok"] = tok
-        st["steps"] = st["steps"] + 1
-        st["slot_steps"] = st["slot_steps"] + jnp.sum(live).astype(jnp.int32)
-        return out, st, cache, buf
+        logits, cache = _decode_step(layer_params, head_params, st["cache"], st["tok"], pos,
+                                     cfg, sharding, keys_t)
+        st = dict(st, cache=cache)
+        st, tok, fin = record(st, slot_ids_all, st["key"], st["t"], logits, live)
+        st.update(pos=st["pos"] + 1, t=st["t"] + 1, tok=tok, steps=st["steps"] + 1,
+                  slot_steps=st["slot_steps"] + jnp.sum(live).astype(jnp.int32))
+        st, done = retire(st, done, live & fin)
+        return st, done, dict(lc, steps=lc["steps"] + 1)
 
-    out, st, _, _ = lax.while_loop(cond, body, (out, state, cache, buf))
-    return dict(out, steps=st["steps"], slot_steps=st["slot_steps"], prefills=st["prefills"])
+    state, done, local = lax.while_loop(cond, body, (state, done, local))
+    return state, done, local["taken"], local["steps"]
