@@ -422,6 +422,9 @@ class RolloutConfig:
     max_slots: rows that decode at once (the KV cache holds this many sequences); a rollout
       asking for more completions runs them through the slots as others finish (continuous
       batching). None: one static batch of all the step's completions.
+    stream_steps: with max_slots, decode steps between two returns to the host, which then
+      scores the groups that finished (while the next steps run), tops up the prompt queue
+      and stops the rollout once the step has its groups (README "Streaming rollout").
     """
 
     group_size: int = 8
@@ -433,9 +436,11 @@ class RolloutConfig:
     truncate_prompts: bool = False
     recompute_old_logprobs: bool = False
     max_slots: Optional[int] = None
+    stream_steps: int = 64
 
     def validate(self, path: str) -> None:
         _check(self.group_size >= 1, path, "group_size", "must be >= 1")
+        _check(self.stream_steps >= 1, path, "stream_steps", "must be >= 1")
         _check(self.max_slots is None or self.max_slots >= 1, path, "max_slots",
                "must be >= 1 (or None)")
         _check(self.max_new_tokens >= 1, path, "max_new_tokens", "must be >= 1")
@@ -762,7 +767,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
 # continuation a different run than the one checkpointed.
 RESUME_MAY_CHANGE = (
     "rollout.max_new_tokens", "algo.overlong_buffer_len", "algo.max_response_len",
-    "rollout.max_slots", "algo.microbatches", "mesh", "model.remat", "model.attention_impl",
+    "rollout.max_slots", "rollout.stream_steps", "algo.microbatches", "mesh", "model.remat", "model.attention_impl",
     "model.path", "model.tokenizer", "data.source", "data.data_dir", "rewards.num_workers",
     "train.steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoint", "train.resume", "train.max_consecutive_skips", "train.export_hf",

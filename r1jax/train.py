@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 import jax
+import numpy as np
 
 from r1jax import builder, checkpoint
 from r1jax.config import ConfigError, RunConfig, check_resume, load_config, to_dict
@@ -28,7 +29,7 @@ from r1jax.models import save_hf
 from r1jax.models.decoder import Decoder
 from r1jax.models.tokenizer import stop_token_ids
 from r1jax.rl import dapo, steps
-from r1jax.rl.rollout import generate_batch
+from r1jax.rl.rollout import generate_batch, merge_groups, score_batch
 from r1jax.sampling import Sampler
 
 log = logging.getLogger("r1jax.train")
@@ -197,9 +198,11 @@ class Trainer:
         ds = dapo.DynamicSampler(cfg.train.prompts_per_step, g, cfg.algo.max_num_gen_batches,
                                  cfg.algo.min_train_prompts) if cfg.algo.dynamic_sampling \
             else None
-        gens = []
         if self.cfg.data.mixture:
             self.data.set_step(step)  # the curriculum's task weights of this step
+        if cfg.rollout.max_slots is not None:
+            return self._collect_streaming(step, ds, sampling, overlong)
+        gens = []
         while True:
             gen = generate_batch(self.sampler, self.tokenizer, self.pool, next(self.data),
                                  params=self.rl.params, group_size=g,
@@ -221,6 +224,82 @@ class Trainer:
             self.save(wait=True)
             raise TrainingStopped(f"{e} (checkpoint saved at step {self.step})") from e
         return groups, steps.rollout_metrics(gens, ds_stats)
+
+    def _collect_streaming(self, step: int, ds: Optional[dapo.DynamicSampler],
+                           sampling: dict, overlong) -> tuple[list, dict]:
+        """`collect` on the engine's stream (README "Streaming rollout").
+
+        Generation batches are drawn from the data only as the engine's prompt queue runs
+        low, at most max_num_gen_batches of them (0: no cap). While the device decodes the
+        next `rollout.stream_steps` steps, the host scores the groups that finished in the
+        previous ones and hands them to dynamic sampling in the order they finished. Once the
+        step has its groups, groups still decoding are dropped and prompts not yet started
+        are left unused (both counted); the next step draws fresh batches, so what a step
+        sees depends only on the data order, the config and what the device computed.
+        """
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        stream = self.sampler.stream(n=g, max_new_tokens=cfg.rollout.max_new_tokens,
+                                     seed=self._seed(step, 0), params=self.rl.params,
+                                     segment_steps=cfg.rollout.stream_steps, **sampling)
+        cap = cfg.algo.max_num_gen_batches if ds is not None else 1
+        low = max(-(-stream.stats["slots"] // g), self.sampler._parallelism)
+        feed, drawn, gens, payloads = [], 0, [], {}
+        status = dapo.Status.NEED_MORE
+
+        def top_up():
+            nonlocal drawn
+            while stream.waiting < low and (not cap or drawn < cap):
+                batch = next(self.data)
+                feed.extend(batch)
+                stream.add([e["prompt_ids"] for e in batch])
+                drawn += 1
+                if ds is not None:
+                    ds.note_batch()
+
+        top_up()
+        stream.dispatch()
+        while status is dapo.Status.NEED_MORE:
+            start = time.perf_counter()
+            finished = stream.collect()
+            waited = time.perf_counter() - start
+            top_up()
+            more = stream.dispatch()  # decodes while the host scores
+            if not finished and not more and ds is not None:
+                status = ds.add(np.zeros(0), [], last=True)  # nothing more will come
+            elif finished:
+                prompts = [p for p, _ in finished]
+                out = merge_groups([o for _, o in finished])
+                gen = score_batch(self.tokenizer, self.pool, [feed[p] for p in prompts], out,
+                                  max_new_tokens=cfg.rollout.max_new_tokens,
+                                  accuracy_name=self.accuracy_name, overlong=overlong,
+                                  rollout_s=waited)
+                gens.append(gen)
+                groups = [gen.group(i, g) for i in range(len(prompts))]
+                if ds is None:
+                    payloads.update(zip(prompts, groups))
+                else:
+                    status = ds.add(gen.accuracy, groups, correct=gen.correct, last=not more)
+            if ds is None and not more:
+                break
+        # The segment dispatched during the last scoring: its groups are dropped too.
+        extra = stream.collect()
+        unfinished = stream.in_flight + len(extra)
+        unstarted = stream.waiting
+        if ds is None:
+            result = [payloads[p] for p in sorted(payloads)], None
+        else:
+            try:
+                result = ds.take()
+            except dapo.DynamicSamplingError as e:
+                self.save(wait=True)
+                raise TrainingStopped(f"{e} (checkpoint saved at step {self.step})") from e
+        metrics = steps.rollout_metrics(gens, result[1])
+        metrics["perf/slot_utilization"] = stream.stats["slot_utilization"]
+        if ds is not None:
+            metrics["dynamic_sampling/groups_unfinished"] = float(unfinished)
+            metrics["dynamic_sampling/prompts_unstarted"] = float(unstarted)
+        return result[0], metrics
 
     def train_step(self, step: int) -> dict:
         start = time.perf_counter()

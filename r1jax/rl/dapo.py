@@ -195,15 +195,25 @@ class DynamicSampler:
         self._solve_none = 0
         self.status = Status.NEED_MORE
 
+    def note_batch(self) -> None:
+        """Counts a generation batch drawn for a streaming rollout (see `add(last=...)`)."""
+        self._gen_batches += 1
+
     def add(self, rewards: Any, groups: Sequence[Any], *,
-            correct: Optional[Any] = None) -> Status:
-        """Adds one generation batch.
+            correct: Optional[Any] = None, last: Optional[bool] = None) -> Status:
+        """Adds one generation batch, or (streaming) the groups that finished since the
+        last call.
 
         Args:
           rewards: [n x G] the values to filter on (DAPO: accuracy), groups contiguous.
           groups: n opaque per-group payloads, in the order of the rewards' groups.
           correct: [n x G] bool, for the solve-all / solve-none metrics; default
             rewards > 0.
+          last: None: the call is one whole generation batch, counted against
+            max_num_gen_batches. True / False: a streaming rollout, whose caller counts
+            the batches it draws (`note_batch`) and caps them at max_num_gen_batches itself;
+            `last` says whether any more groups can come this step (the cap reached and
+            every drawn prompt's group finished).
 
         Returns:
           The new Status.
@@ -219,12 +229,13 @@ class DynamicSampler:
         correct = _grouped(correct, self.group_size, "correct")
         if correct.shape[0] != keep.shape[0]:
             raise ValueError(f"correct has {correct.shape[0]} groups, rewards {keep.shape[0]}")
-        self._gen_batches += 1
+        if last is None:
+            self._gen_batches += 1
         self._generated += keep.shape[0]
         self._solve_all += int(correct.all(axis=1).sum())
         self._solve_none += int((~correct).all(axis=1).sum())
         self._kept.extend(g for g, k in zip(groups, keep) if k)
-        self.status = self._next_status()
+        self.status = self._next_status(last)
         if self.status is Status.PARTIAL:
             log.warning("dynamic sampling: max_num_gen_batches=%d reached with %d of "
                         "train_batch=%d informative groups (min_train_batch=%d); training on "
@@ -233,10 +244,12 @@ class DynamicSampler:
                         self._counts())
         return self.status
 
-    def _next_status(self) -> Status:
+    def _next_status(self, last: Optional[bool] = None) -> Status:
         if len(self._kept) >= self.train_batch:
             return Status.READY
-        if self.max_num_gen_batches and self._gen_batches >= self.max_num_gen_batches:
+        limit = (self.max_num_gen_batches and self._gen_batches >= self.max_num_gen_batches) \
+            if last is None else last
+        if limit:
             if len(self._kept) >= self.min_train_batch:
                 return Status.PARTIAL
             return Status.EXHAUSTED

@@ -111,8 +111,28 @@ def generate_batch(sampler: Sampler, tokenizer: Any, pool: Any, examples: list, 
     out = sampler.generate([e["prompt_ids"] for e in examples], n=group_size,
                            max_new_tokens=max_new_tokens, seed=seed, params=params,
                            **sampling)
+    return score_batch(tokenizer, pool, examples, out, max_new_tokens=max_new_tokens,
+                       accuracy_name=accuracy_name, overlong=overlong,
+                       rollout_s=time.perf_counter() - start)
+
+
+def merge_groups(outputs: Sequence[SampleOutput]) -> SampleOutput:
+    """One SampleOutput of several groups of one stream (each a SampleOutput of one prompt's
+    G rows, as `RolloutStream.collect` gives them); prompt i is outputs[i]'s."""
+    cat = lambda name: np.concatenate([getattr(o, name) for o in outputs])
+    return SampleOutput(
+        tokens=cat("tokens"), lengths=cat("lengths"), finish_reason=cat("finish_reason"),
+        logprobs=cat("logprobs"), sampling_logprobs=cat("sampling_logprobs"),
+        prompt_index=np.repeat(np.arange(len(outputs)), [len(o.lengths) for o in outputs]),
+        prompt_ids=[o.prompt_ids[0] for o in outputs], stats={})
+
+
+def score_batch(tokenizer: Any, pool: Any, examples: list, out: SampleOutput, *,
+                max_new_tokens: int, accuracy_name: "str | dict",
+                overlong: Optional[tuple[int, float]], rollout_s: float) -> GenerationBatch:
+    """Scores sampled groups (`out`'s rows b belong to examples[out.prompt_index[b]], G per
+    example, contiguous); arguments as for `generate_batch`."""
     texts = tokenizer.batch_decode(out.completions(), skip_special_tokens=True)
-    rollout_s = time.perf_counter() - start
     start = time.perf_counter()
     rows = [examples[i] for i in out.prompt_index]
     result = pool.score(texts, rows, out.lengths.tolist())
