@@ -56,5 +56,6 @@ setup(
         "r1jax-eval=r1jax.evaluation.cli:main",
         "r1jax-plot=r1jax.plot:main",
         "r1jax-fit=r1jax.fit:main",
+        "r1jax-sft=r1jax.sft_run:main",
     ]},
 )

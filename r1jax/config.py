@@ -531,10 +531,19 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    """Supervised warm start ("cold start" in R1) on worked solutions before RL.
+    """Supervised fine-tuning: `r1jax-sft`'s run, and the RL trainer's warm start.
 
-    Examples need a `solution` field (the response text the model should produce after the
-    prompt); steps 0 skips the stage.
+    r1jax-train's warm start ("cold start" in R1): `steps` steps of `batch_size` examples
+    with a `solution` field (the response after the prompt), lr / warmup_steps below; steps
+    0 skips it.
+
+    r1jax-sft (README "The R1 pipeline"): conversations from `data.source` in `layout`
+    (`r1jax.data.conversations`: a layout or a recipe name; `fields` maps a prompt /
+    response layout's field names), `batch_size` conversations per optimizer step packed
+    into rows of `max_len` tokens; `steps` steps, or with steps 0 `epochs` passes over the
+    data; an example longer than max_len is cut ("truncate") or left out ("drop"), and
+    counted; `microbatches` gradient-accumulation pieces; the optimizer is the `optim`
+    section.
     """
 
     steps: int = 0
@@ -543,11 +552,22 @@ class SFTConfig:
     warmup_steps: int = 0
     num_examples: Optional[int] = None
     seed: int = 1
+    epochs: int = 0
+    max_len: int = 2048
+    overflow: str = "truncate"
+    layout: str = "auto"
+    fields: dict = dataclasses.field(default_factory=dict)
+    microbatches: int = 1
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 0, path, "steps", "must be >= 0")
         _check(self.batch_size >= 1, path, "batch_size", "must be >= 1")
         _check(self.lr > 0, path, "lr", "must be > 0")
+        _check(self.epochs >= 0, path, "epochs", "must be >= 0")
+        _check(self.max_len >= 2, path, "max_len", "must be >= 2")
+        _check(self.overflow in ("truncate", "drop"), path, "overflow",
+               "must be 'truncate' or 'drop'")
+        _check(self.microbatches >= 1, path, "microbatches", "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -767,7 +787,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
 # continuation a different run than the one checkpointed.
 RESUME_MAY_CHANGE = (
     "rollout.max_new_tokens", "algo.overlong_buffer_len", "algo.max_response_len",
-    "rollout.max_slots", "rollout.stream_steps", "algo.microbatches", "mesh", "model.remat", "model.attention_impl",
+    "rollout.max_slots", "rollout.stream_steps", "algo.microbatches", "sft.steps",
+    "sft.microbatches", "mesh", "model.remat", "model.attention_impl",
     "model.path", "model.tokenizer", "data.source", "data.data_dir", "rewards.num_workers",
     "train.steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoint", "train.resume", "train.max_consecutive_skips", "train.export_hf",

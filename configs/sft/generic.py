@@ -1,0 +1,40 @@
+"""Generic supervised fine-tuning / distillation with `r1jax-sft`: set the model, the data
+and the run directory on the command line.
+
+    r1jax-sft --config=configs/sft/generic.py \\
+        --config.model.path=/models/Qwen2.5-7B-Instruct \\
+        --config.data.source=/data/sft.jsonl --config.sft.layout=auto \\
+        --config.train.run_dir=/ckpt/sft1
+    r1jax-sft --config=configs/sft/generic.py:tiny   # a CPU smoke run (random tiny model)
+
+Defaults: 3 epochs of 32 conversations per step packed into 8,192-token rows, AdamW lr 1e-5
+with a 3% warm-up (by steps: set optim.warmup_steps) and cosine decay to 10%, like the
+open distillation recipes; loss on assistant tokens only.
+"""
+
+from ml_collections import ConfigDict
+
+from r1jax.config import base_config
+from r1jax.recipes import tiny_chat_model
+
+
+def get_config(arg: str = "") -> ConfigDict:
+    c = base_config()
+    c.model.update(path="/models/Qwen2.5-7B-Instruct", remat="full")
+    c.data.source = "sft.jsonl"
+    c.sft.update(epochs=3, batch_size=32, max_len=8192, layout="auto", microbatches=8)
+    c.optim.update(lr=1e-5, schedule="cosine", min_lr_ratio=0.1, warmup_steps=10,
+                   weight_decay=0.0, b2=0.95)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.train.update(run_dir="runs/sft", checkpoint_every=200, keep_checkpoints=2)
+    if arg == "tiny":
+        # The generated one-digit sums with worked solutions, as chat conversations.
+        tiny_chat_model(c)
+        c.data.update(source="arithmetic", num_generated=64,
+                      task_options=dict(terms=2, digits=1))
+        c.sft.update(epochs=0, steps=4, batch_size=8, max_len=128, microbatches=1)
+        c.optim.update(lr=1e-3, warmup_steps=0)
+        c.train.update(checkpoint_every=2, export_hf=False, tensorboard=False)
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
+    return c

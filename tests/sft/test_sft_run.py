@@ -1,0 +1,92 @@
+"""`r1jax-sft` end to end: the shipped config's tiny variant from the command line, and an
+exact resume after SIGTERM in the middle of an epoch with packing on."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax import sft_run
+from r1jax.config import load_config
+from r1jax.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs", "sft", "generic.py")
+SFT = os.path.join(os.path.dirname(sys.executable), "r1jax-sft")
+
+
+def test_tiny_variant_from_the_command_line(tmp_path, data_dir):
+    env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8",  # fsdp over 8
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+    run_dir = tmp_path / "run"
+    done = subprocess.run([SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}",
+                           "--config.train.progress_bar=False", "--config.train.export_hf=True"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    rows = [r for r in read_metrics(str(run_dir)) if "sft/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert summary["loss"] == rows[-1]["sft/loss"] < rows[0]["sft/loss"]
+    for r in rows:
+        assert r["sft/examples"] == 8 and r["sft/dropped"] == 0
+        assert 0.5 < r["sft/packing_efficiency"] <= 1.0
+        assert r["sft/tokens"] > 8  # assistant tokens only: fewer than the rows' tokens
+        assert r["sft/tokens"] < r["sft/packing_efficiency"] * r["sft/rows"] * 128
+        # Padded with empty rows to a power of two times the 8 devices' batch parallelism.
+        assert r["sft/batch_rows"] == 8 * 2 ** np.ceil(np.log2(np.ceil(r["sft/rows"] / 8)))
+    assert os.path.isfile(run_dir / "export" / "config.json")
+    assert os.path.isfile(run_dir / "export" / "tokenizer_config.json")
+    # A missing data file is a clear error naming it, exit status 2.
+    bad = subprocess.run([SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}2",
+                          "--config.data.source=/nonexistent/sft.jsonl"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "/nonexistent/sft.jsonl" in bad.stderr
+
+
+def config(run_dir, steps=5):
+    # 64 conversations, 8 a step: steps 1-5 stay inside the first epoch.
+    return load_config(CONFIG + ":tiny", [f"train.run_dir={run_dir}", f"sft.steps={steps}",
+                                          "train.checkpoint_every=0",
+                                          "train.progress_bar=False"])
+
+
+def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir,
+                                                                   monkeypatch):
+    monkeypatch.setenv("R1JAX_DATA_DIR", data_dir)
+    straight = sft_run.SFTRun(config(tmp_path / "straight"))
+    straight.run()
+    ref_params = jax.device_get(straight.state["params"])
+    real = sft_run.SFTRun.train_step
+
+    def killed_after_two(self):
+        out = real(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(sft_run.SFTRun, "train_step", killed_after_two)
+    first = sft_run.SFTRun(config(tmp_path / "resumed"))
+    summary = first.run()
+    assert summary["stopped_at"] == 2 and first.position == 16
+    monkeypatch.setattr(sft_run.SFTRun, "train_step", real)
+    again = sft_run.SFTRun(config(tmp_path / "resumed"))
+    again.run()
+    assert again.step == 5 and again.position == 40
+    a = [r for r in read_metrics(str(tmp_path / "straight")) if "sft/loss" in r]
+    b = [r for r in read_metrics(str(tmp_path / "resumed")) if "sft/loss" in r]
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for x, y in zip(a, b):
+        for key in ("sft/loss", "sft/tokens", "sft/rows", "lr", "grad_norm"):
+            assert x[key] == y[key], (x["step"], key)
+    for x, y in zip(jax.tree.leaves(ref_params),
+                    jax.tree.leaves(jax.device_get(again.state["params"]))):
+        np.testing.assert_array_equal(x, y)
+    # Resuming may not change the data order.
+    with pytest.raises(Exception, match="sft.seed"):
+        sft_run.SFTRun(load_config(CONFIG + ":tiny", [
+            f"train.run_dir={tmp_path / 'resumed'}", "sft.steps=6", "sft.seed=9"])).run()
