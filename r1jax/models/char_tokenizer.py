@@ -2,7 +2,10 @@
 
 Every character of `chars` is one token, and so are the R1 tags (`<think>`, `</think>`,
 `<answer>`, `</answer>`); `<pad>` is id 0 and `<eos>` ends completions. It is a regular
-`transformers.PreTrainedTokenizerFast`: it saves, loads and decodes like any other.
+`transformers.PreTrainedTokenizerFast`: it saves, loads and decodes like any other. Its chat
+template (`CHAT_TEMPLATE`) writes each message's content as is and closes assistant turns with
+`<eos>`: a question and its worked solution render exactly as the plain prompt template and
+the warm start lay them out.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}"
+                 "{% if m['role'] == 'assistant' %}<eos>{% endif %}{% endfor %}")
 
 
 def make_char_tokenizer(chars: str) -> Any:
@@ -37,4 +42,5 @@ def make_char_tokenizer(chars: str) -> Any:
     tok.add_special_tokens(list(SPECIALS))
     tok.add_tokens(list(TAGS))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
-                                   eos_token="<eos>", unk_token="<unk>")
+                                   eos_token="<eos>", unk_token="<unk>",
+                                   chat_template=CHAT_TEMPLATE)

@@ -90,3 +90,38 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, dat
     with pytest.raises(Exception, match="sft.seed"):
         sft_run.SFTRun(load_config(CONFIG + ":tiny", [
             f"train.run_dir={tmp_path / 'resumed'}", "sft.steps=6", "sft.seed=9"])).run()
+
+
+def test_a_tiny_model_overfits_16_conversations_and_reproduces_them(tmp_path, data_dir,
+                                                                     monkeypatch):
+    """A 2-layer character-level model memorises 16 two-digit sums with worked solutions:
+    loss under 0.01 within 150 steps, then greedy decoding from each question gives its
+    solution exactly (the character tokenizer's chat template: question, then solution and
+    <eos>)."""
+    from r1jax.models.decoder import Decoder
+    from r1jax.sampling import Sampler
+    monkeypatch.setenv("R1JAX_DATA_DIR", data_dir)
+    arch = dict(model_type="qwen2", hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=128, tie_word_embeddings=True)
+    cfg = load_config(CONFIG + ":tiny", [
+        f"train.run_dir={tmp_path}", "sft.steps=150", "sft.batch_size=16", "sft.max_len=64",
+        "data.num_generated=16", "data.task_options={'terms': 2, 'digits': 2}",
+        "optim.lr=5e-3", "optim.schedule=constant", "train.checkpoint_every=0",
+        "train.progress_bar=False", "model.tokenizer=None", "model.char_vocab=0123456789+=,",
+        f"model.arch={arch!r}"])
+    run = sft_run.SFTRun(cfg)
+    summary = run.run()
+    assert summary["loss"] < 0.01 < summary["first_loss"]
+    tok = run.tokenizer
+    model = Decoder(run.model_config, params=run.state["params"], sharding=run.sharding)
+    sampler = Sampler(model, max_prompt_len=32, max_new_tokens=48,
+                      eos_token_ids=[tok.eos_token_id], pad_id=tok.pad_token_id)
+    prompts = [tok.encode(tok.apply_chat_template(e["messages"][:-1], tokenize=False,
+                                                  add_generation_prompt=True),
+                          add_special_tokens=False) for e in run.examples]
+    out = sampler.generate(prompts, temperature=0.0)
+    got = tok.batch_decode(out.completions(), skip_special_tokens=True)
+    assert len(run.examples) == 16 and len(set(got)) == 16
+    assert got == [e["messages"][-1]["content"] for e in run.examples]
+    assert (out.finish_reason == 0).all()  # each stopped at <eos>
