@@ -1,7 +1,10 @@
-"""Supervised fine-tuning on worked solutions: R1's "cold start" before RL.
+"""Supervised fine-tuning: conversations rendered with the chat template (or, for the RL
+trainer's warm start, prompts followed by worked solutions), packed several to a row, trained
+with the next-token loss on the assistant / solution tokens only.
 
-The loss is the mean negative log-likelihood of the solution tokens (EOS included) given the
-prompt, over all solution tokens of the batch; prompt tokens are not trained on.
+The loss is the mean negative log-likelihood of the trained tokens (each assistant turn's
+end-of-turn token, or the solution's EOS, included) over all trained tokens of the optimizer
+batch; `r1jax-sft` (`r1jax.sft_run`) and the warm start share `make_packed_sft_update`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import numpy as np
 import optax
 
 from r1jax.config import ModelConfig
-from r1jax.rl.rollout import bucket, pack_sequences
-from r1jax.rl.update import RLBatch, apply_update, completion_logprobs
+from r1jax.rl.update import apply_update
 from r1jax.sharding import Sharding
 
 
@@ -34,39 +36,12 @@ def solution_ids(tokenizer: Any, examples: Sequence[dict], eos_id: int) -> list[
     return out
 
 
-def sft_batch(examples: Sequence[dict], tokenizer: Any, *, eos_id: int, pad_id: int,
-              max_prompt: int, max_completion: int) -> RLBatch:
-    """An RLBatch whose completions are the solutions (advantages and log-probs unused)."""
-    prompts = [e["prompt_ids"] for e in examples]
-    completions = [c[:max_completion] for c in solution_ids(tokenizer, examples, eos_id)]
-    packed = pack_sequences(
-        prompts, completions, pad_id=pad_id,
-        prompt_width=bucket(max(map(len, prompts)), 16, max_prompt),
-        completion_width=bucket(max(map(len, completions)), 16, max_completion))
-    b, t = packed["completion_mask"].shape
-    zeros = np.zeros((b, t), np.float32)
-    return RLBatch(tokens=packed["tokens"], positions=packed["positions"],
-                   segment_ids=packed["segment_ids"], mask=packed["completion_mask"],
-                   adv=np.zeros((b,), np.float32), old_logp=zeros, ref_logp=zeros,
-                   valid_rows=np.ones((b,), np.float32))
-
-
-def make_sft_update(cfg: ModelConfig, tx: optax.GradientTransformation,
-                    sharding: Optional[Sharding]):
-    """`update(state, batch) -> (state, metrics)`: one NLL step on solution tokens."""
-
-    def update(state, batch: RLBatch):
-        def loss_fn(params):
-            logp, _ = completion_logprobs(params, batch, cfg, sharding, 1.0, False)
-            tokens = jnp.sum(batch.mask)
-            return -jnp.sum(logp * batch.mask) / jnp.maximum(tokens, 1.0)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        state, metrics = apply_update(state, grads, loss, tx, tokens=jnp.sum(batch.mask))
-        return state, {"sft/loss": loss, "sft/grad_norm": metrics["grad_norm"],
-                       "sft/skipped": metrics["skipped"]}
-
-    return update
+def warm_start_examples(examples: Sequence[dict], tokenizer: Any,
+                        eos_id: int) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of each example for `pack`: its prompt ids (as the RL prompt template
+    rendered them, mask 0) followed by its solution and EOS (mask 1)."""
+    return [(list(e["prompt_ids"]) + sol, [0] * len(e["prompt_ids"]) + [1] * len(sol))
+            for e, sol in zip(examples, solution_ids(tokenizer, examples, eos_id))]
 
 
 # ----------------------------------------------------------------------------------------
@@ -224,6 +199,19 @@ def pack(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int, 
         stats.tokens += at
     stats.examples, stats.rows, stats.row_tokens = len(kept), count, count * max_len
     return out, stats
+
+
+def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int, *,
+               row_unit: int, pad_id: int = 0, overflow: str = "truncate"
+               ) -> tuple[SFTBatch, PackStats]:
+    """`pack`, with the rows padded (empty rows) to a power of two times `row_unit`
+    (microbatches x batch parallelism), so that a run compiles few shapes; the stats are the
+    packer's (its rows, before padding)."""
+    _, stats = pack(examples, max_len, pad_id=pad_id, overflow=overflow)
+    units = max(1, -(-stats.rows // row_unit))
+    arrays, _ = pack(examples, max_len, pad_id=pad_id, overflow=overflow,
+                     rows=row_unit * (1 << (units - 1).bit_length()))
+    return SFTBatch(**arrays), stats
 
 
 def sft_token_sums(params: Any, batch: SFTBatch, cfg: ModelConfig,

@@ -143,12 +143,8 @@ class SFTRun:
         self.position += s.batch_size
         rendered = [sft.render_conversation(self.tokenizer, self.examples[i]["messages"])
                     for i in idx]
-        _, stats = sft.pack(rendered, s.max_len, pad_id=self.pad_id, overflow=s.overflow)
-        units = max(1, math.ceil(stats.rows / self.row_unit))
-        rows = self.row_unit * (1 << (units - 1).bit_length())
-        arrays, _ = sft.pack(rendered, s.max_len, pad_id=self.pad_id, overflow=s.overflow,
-                             rows=rows)
-        return sft.SFTBatch(**arrays), stats
+        return sft.pack_batch(rendered, s.max_len, row_unit=self.row_unit, pad_id=self.pad_id,
+                              overflow=s.overflow)
 
     def train_step(self) -> dict:
         start = time.perf_counter()

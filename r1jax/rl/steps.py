@@ -194,7 +194,7 @@ class RLSteps:
 
     def sft_program(self, cfg: SFTConfig) -> tuple[Any, Any, Any]:
         """(init, update, state shardings) of the warm start's own optimizer."""
-        from r1jax.sft import make_sft_update
+        from r1jax.sft import make_packed_sft_update
         tx = sft_optimizer(cfg)
         replicated = NamedSharding(self.sharding.mesh, P())
         abstract = jax.eval_shape(tx.init, self.state["params"])
@@ -203,7 +203,7 @@ class RLSteps:
                      "step": replicated}
         init = jax.jit(lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.int32(0)},
                        donate_argnums=0, out_shardings=shardings)
-        update = jax.jit(make_sft_update(self.model_cfg, tx, self.sharding),
+        update = jax.jit(make_packed_sft_update(self.model_cfg, tx, self.sharding),
                          donate_argnums=0, out_shardings=(shardings, None))
         return init, update, shardings
 
@@ -230,14 +230,17 @@ class RLSteps:
           state) when `stop` ended it early, `metrics["steps"]` being the steps done, for
           the caller to save.
         """
-        from r1jax.sft import sft_batch
+        from r1jax import sft
         init, sft_update, _ = self.sft_program(cfg)
         sft_state = init(self.state["params"]) if state is None else state
         losses, started, step = [], time.perf_counter(), start
+        max_len = self.cfg.data.max_prompt_tokens + max_completion
+        par = self.sharding.batch_parallelism
         while step < cfg.steps:
-            batch = sft_batch(next(iterator), tokenizer, eos_id=eos_id, pad_id=pad_id,
-                              max_prompt=self.cfg.data.max_prompt_tokens,
-                              max_completion=max_completion)
+            # Prompt + solution + EOS, several to a row.
+            batch, _ = sft.pack_batch(
+                sft.warm_start_examples(next(iterator), tokenizer, eos_id), max_len,
+                row_unit=par, pad_id=pad_id)
             sft_state, metrics = sft_update(sft_state,
                                             jax.device_put(batch, self.batch_sharding))
             losses.append(metrics["sft/loss"])

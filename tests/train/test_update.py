@@ -1,6 +1,8 @@
 """The jitted update through the real decoder: microbatches and meshes change nothing."""
 
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ from r1jax.config import AlgoConfig, ModelConfig, OptimConfig
 from r1jax.models.decoder import forward, init_params, param_shardings
 from r1jax.rl.rollout import pack_sequences
 from r1jax.rl.update import RLBatch, make_optimizer, make_update_fn
-from r1jax.sft import make_sft_update
+from r1jax import sft
 from r1jax.sharding import Sharding, make_mesh
 
 CFG = ModelConfig(family="qwen2", vocab_size=40, hidden_size=32, intermediate_size=64,
@@ -70,20 +72,35 @@ def test_microbatches_and_mesh_give_the_whole_batch_gradient(agg):
     assert m_whole["skipped"] == 0.0
 
 
-def test_sft_loss_is_the_mean_nll_of_solution_tokens():
+def test_warm_start_loss_is_the_mean_nll_of_solution_tokens():
+    """The RL trainer's warm start: prompts and solutions packed several to a row; its loss
+    is the mean over all solution tokens (EOS included) of -log p, computed here one
+    example at a time with a plain forward pass."""
+    rng = np.random.default_rng(3)
+    tok = types.SimpleNamespace(encode=lambda text, add_special_tokens: [int(c) + 2
+                                                                         for c in text])
+    examples = [{"prompt_ids": rng.integers(2, 40, rng.integers(2, 7)).tolist(),
+                 "solution": "".join(map(str, rng.integers(0, 10, rng.integers(1, 9))))}
+                for _ in range(10)]
+    pairs = sft.warm_start_examples(examples, tok, eos_id=1)
+    assert pairs[0][0][-1] == 1 and sum(pairs[0][1]) == len(examples[0]["solution"]) + 1
+    batch, stats = sft.pack_batch(pairs, 24, row_unit=2)
+    assert stats.rows < 10 and batch.tokens.shape[0] == 2 * 2 ** int(np.ceil(np.log2(
+        stats.rows / 2)))
     params = init_params(CFG, jax.random.key(1))
-    batch = make_batch(seed=3)
     tx = make_optimizer(OptimConfig(lr=1e-3), 10)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
-    _, metrics = jax.jit(make_sft_update(CFG, tx, None))(state, batch)
-    logits = np.asarray(forward(params, jnp.asarray(batch.tokens), CFG,
-                                positions=jnp.asarray(batch.positions),
-                                segment_ids=jnp.asarray(batch.segment_ids)))
-    logp = jax.nn.log_softmax(logits[:, 7:7 + MAX_LEN], -1)
-    targets = batch.tokens[:, 8:]
-    nll = -np.take_along_axis(np.asarray(logp), targets[..., None], -1)[..., 0]
-    expected = (nll * batch.mask).sum() / batch.mask.sum()
-    assert float(metrics["sft/loss"]) == pytest.approx(expected, rel=1e-5)
+    _, metrics = jax.jit(sft.make_packed_sft_update(CFG, tx, None))(
+        state, jax.tree.map(jnp.asarray, batch))
+    total, count = 0.0, 0
+    for ids, mask in pairs:
+        logits = np.asarray(forward(params, jnp.asarray([ids]), CFG))[0, :-1]
+        logp = np.asarray(jax.nn.log_softmax(logits, -1))
+        nll = -logp[np.arange(len(ids) - 1), ids[1:]]
+        total += float((nll * np.asarray(mask[1:])).sum())
+        count += sum(mask[1:])
+    assert float(metrics["sft/loss"]) == pytest.approx(total / count, rel=1e-5)
+    assert float(metrics["sft/tokens"]) == count
 
 
 def test_logprob_mismatch_metrics_by_hand():
