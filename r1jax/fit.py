@@ -40,11 +40,13 @@ from typing import Optional, Sequence
 import jax
 
 from r1jax.config import ConfigError, RunConfig, load_config
-from r1jax.fit_programs import (COMPILE_FAILED, PROGRAMS, FitUsageError, ProgramFit,
-                                RunPrograms, build_sharding, compile_program, resolve_model)
+from r1jax.fit_programs import (COMPILE_FAILED, PROGRAMS, RL_PROGRAMS, FitUsageError,
+                                ProgramFit, RunPrograms, build_sharding, compile_program,
+                                resolve_model)
 from r1jax.tpu_slices import GIB, LibtpuMissingError, SliceError, TpuSlice, parse_slice
 
-__all__ = ["fit", "FitReport", "ProgramFit", "FitUsageError", "PROGRAMS", "main"]
+__all__ = ["fit", "FitReport", "ProgramFit", "FitUsageError", "PROGRAMS", "RL_PROGRAMS",
+           "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,7 @@ class FitReport:
 
 
 def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[str] = None,
-        *, overrides: Sequence[str] = (), programs: Sequence[str] = PROGRAMS,
+        *, overrides: Sequence[str] = (), programs: Sequence[str] = RL_PROGRAMS,
         fast: bool = False) -> FitReport:
     """Compiles a run's programs for a TPU slice, shapes only, and measures them.
 
@@ -150,7 +152,8 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
         TpuSlice.
       preset: the architecture when model.path has no config.json here (module docstring).
       overrides: absl-style config overrides ("rollout.max_slots=256").
-      programs: which of PROGRAMS to compile.
+      programs: which of PROGRAMS to compile: r1jax-train's (RL_PROGRAMS, the default),
+        or "sft" for an r1jax-sft config (configs/sft/).
       fast: compile with the lowest optimization effort (module docstring).
 
     Returns:
@@ -182,7 +185,8 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
 
 
 USAGE = """usage: r1jax-fit --config=FILE[:ARG] --topology=SLICE [--preset NAME]
-                 [--programs=prefill,decode,rollout,logprobs,update] [--fast] [--json]
+                 [--programs=prefill,decode,rollout,logprobs,update | --programs=sft]
+                 [--fast] [--json]
                  [--config.KEY=VALUE ...]
   SLICE: a gcloud accelerator type (v5p-128, v5litepod-256, v6e-64, v4-64) or a topology
   (v5p:4x4x4)"""
@@ -216,7 +220,7 @@ def parse_args(argv: Sequence[str]) -> dict:
     for key in ("config", "topology"):
         if not out[key]:
             raise FitUsageError(f"--{key} is required")
-    out["programs"] = tuple(out["programs"].split(",")) if out["programs"] else PROGRAMS
+    out["programs"] = tuple(out["programs"].split(",")) if out["programs"] else RL_PROGRAMS
     return out
 
 

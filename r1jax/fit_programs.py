@@ -51,7 +51,8 @@ from r1jax.sampling import sampler as sampler_lib
 from r1jax.sampling.processors import SamplingParams, sample
 from r1jax.sharding import Sharding, make_mesh, merge_rules
 
-PROGRAMS = ("prefill", "decode", "rollout", "logprobs", "update")
+RL_PROGRAMS = ("prefill", "decode", "rollout", "logprobs", "update")  # r1jax-train's
+PROGRAMS = RL_PROGRAMS + ("sft",)  # "sft": one r1jax-sft step
 
 
 class FitUsageError(ValueError):
@@ -328,9 +329,30 @@ class RunPrograms:
                        "microbatches", self._resident("reference", "rollout batch"))
 
 
+    def sft(self) -> Program:
+        """One r1jax-sft optimizer step (`SFTRun`): `sft.batch_size` conversations packed
+        into rows of `sft.max_len` tokens, taken at one per row (long chains of thought fill
+        a row each) and padded as the run pads them, in `sft.microbatches` microbatches;
+        the state donated."""
+        from r1jax.sft import SFTBatch, make_packed_sft_update
+        s = self.cfg.sft
+        unit = s.microbatches * self.sharding.batch_parallelism
+        rows = unit * (1 << (max(1, -(-s.batch_size // unit)) - 1).bit_length())
+        fn = make_packed_sft_update(self.model, self.tx, self.sharding, s.microbatches)
+        state = {"params": self.params, "opt_state": self.opt_state,
+                 "step": _sds((), jnp.int32, self.replicated)}
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        jitted = jax.jit(fn, donate_argnums=0, out_shardings=(shardings, None))
+        ids = _sds((rows, s.max_len), jnp.int32, self.batch_sharding)
+        batch = SFTBatch(tokens=ids, positions=ids, segment_ids=ids, targets=ids,
+                         weights=_sds((rows, s.max_len), jnp.float32, self.batch_sharding))
+        return Program("sft", jitted, (state, batch), ("params + opt_state", "rows"),
+                       f"[{rows}, {s.max_len}] rows in {s.microbatches} microbatches", {})
+
+
 def _argument_groups(prog: Program) -> dict:
     groups = dict(zip(prog.arg_names, map(chip_bytes, prog.args)))
-    if prog.name == "update":  # name the state's parts
+    if prog.name in ("update", "sft"):  # name the state's parts
         state = prog.args[0]
         groups.pop("params + opt_state")
         groups.update(params=chip_bytes(state["params"]),

@@ -147,6 +147,33 @@ def test_shipped_config_fits_its_recommended_slice(config):
     assert held >= cache_bytes_per_chip(cfg, model, slots, par * kv_split)
 
 
+SFT_CONFIGS = sorted(f for f in os.listdir(os.path.join(ROOT, "configs", "sft"))
+                     if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("config", SFT_CONFIGS)
+def test_sft_config_fits_its_recommended_slice(config):
+    """r1jax-sft's step at the config's shapes: rows, state and documented figure."""
+    name, documented, hbm_gib = recommended(os.path.join("sft", config))
+    path = os.path.join(ROOT, "configs", "sft", config)
+    code, text, report = run_fit(f"--config={path}", f"--topology={name}", "--programs=sft")
+    assert code == 0, text
+    verdict = VERDICT.search(text)
+    assert verdict and verdict[1] == name and verdict[2] == "sft", text
+    assert abs(float(verdict[3]) - documented) <= 0.06 * hbm_gib, (documented, verdict[0])
+    cfg = load_config(path)
+    model, _ = resolve_model(cfg)
+    step = report.program("sft")
+    rows = cfg.sft.batch_size  # a multiple of microbatches x the mesh's batch parallelism
+    assert step.shapes == f"[{rows}, {cfg.sft.max_len}] rows in {cfg.sft.microbatches} " \
+        "microbatches"
+    n, chips = model.num_params, parse_slice(name).chips
+    # float32 params and AdamW's two moments, all sharded, donated; 5 [rows, S] arrays.
+    batch = 5 * 4 * rows * cfg.sft.max_len / chips
+    assert step.argument_bytes == pytest.approx(12 * n / chips + batch, rel=0.02)
+    assert step.alias_bytes == pytest.approx(12 * n / chips, rel=0.02)
+
+
 def test_prefill_and_decode_steps_hold_what_is_computed_by_hand():
     # The 1.5B GRPO recipe on 64 engine slots (it ships with a static batch): its v5p-8 is 4
     # chips, mesh fsdp 4.
