@@ -739,6 +739,19 @@ def mixture_task(**values: Any) -> Any:
     return entry
 
 
+def config_args(argv: Sequence[str], tool: str,
+                example: str = "configs/FILE.py") -> tuple[Optional[str], list[str]]:
+    """(config spec, overrides) of a `TOOL --config=FILE[:ARG] [--config.KEY=VALUE ...]`
+    command line (argv with the program name); (None, []) after printing the usage when
+    --config is missing."""
+    spec = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if not spec:
+        print(f"usage: {tool} --config={example}[:ARG] [--config.KEY=VALUE ...]",
+              file=sys.stderr)
+        return None, []
+    return spec[-1], [a[len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
     """Loads `configs/x.py[:arg]` with absl-style overrides (`"optim.lr=1e-6"`).
 

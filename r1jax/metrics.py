@@ -73,6 +73,21 @@ class MetricsWriter:
             self._bar = tqdm(total=total_steps, initial=start_step, desc="r1jax",
                              dynamic_ncols=True)
 
+    @classmethod
+    def for_run(cls, run_dir: str, cfg: Any, *, total_steps: int,
+                start_step: int) -> "MetricsWriter":
+        """The writer a run of RunConfig `cfg` logs with (its `train` section's choices; W&B
+        on process 0 with the config as a dict)."""
+        import jax
+
+        from r1jax.config import to_dict
+        t = cfg.train
+        return cls(run_dir, total_steps=total_steps, start_step=start_step,
+                   tensorboard=t.tensorboard, progress_bar=t.progress_bar,
+                   wandb_project=t.wandb_project, wandb_mode=t.wandb_mode,
+                   wandb_run_name=t.wandb_run_name, config=to_dict(cfg),
+                   process_index=jax.process_index())
+
     def write(self, step: int, metrics: Mapping[str, Any], advance: bool = True) -> dict:
         """Logs `metrics` for `step`; returns the scalars written.
 

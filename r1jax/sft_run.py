@@ -30,7 +30,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import builder, checkpoint, sft
-from r1jax.config import ConfigError, RunConfig, check_resume, load_config, to_dict
+from r1jax.config import (ConfigError, RunConfig, check_resume, config_args, load_config,
+                          to_dict)
 from r1jax.data.conversations import load_conversations
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
@@ -185,13 +186,8 @@ class SFTRun:
     def run(self) -> dict:
         cfg = self.cfg
         self.restore()
-        writer = MetricsWriter(self.run_dir, total_steps=self.total_steps,
-                               start_step=self.step, tensorboard=cfg.train.tensorboard,
-                               progress_bar=cfg.train.progress_bar,
-                               wandb_project=cfg.train.wandb_project,
-                               wandb_mode=cfg.train.wandb_mode,
-                               wandb_run_name=cfg.train.wandb_run_name, config=to_dict(cfg),
-                               process_index=jax.process_index())
+        writer = MetricsWriter.for_run(self.run_dir, cfg, total_steps=self.total_steps,
+                                       start_step=self.step)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             while self.step < self.total_steps:
@@ -236,16 +232,13 @@ def main(argv: Optional[list] = None) -> int:
     """Entry point of `r1jax-sft --config=FILE[:ARG] [--config.key=value ...]`."""
     import sys
     argv = list(sys.argv if argv is None else argv)
-    spec = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-    if not spec:
-        print("usage: r1jax-sft --config=configs/sft/FILE.py[:ARG] [--config.KEY=VALUE ...]",
-              file=sys.stderr)
+    spec, overrides = config_args(argv, "r1jax-sft", "configs/sft/FILE.py")
+    if spec is None:
         return 2
-    overrides = [a[len("--config."):] for a in argv[1:] if a.startswith("--config.")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from r1jax.data.sources import DataError
     try:
-        cfg = load_config(spec[-1], overrides)
+        cfg = load_config(spec, overrides)
         run = SFTRun(cfg)
         try:
             summary = run.run()

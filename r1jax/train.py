@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from r1jax import builder, checkpoint
-from r1jax.config import ConfigError, RunConfig, check_resume, load_config, to_dict
+from r1jax.config import (ConfigError, RunConfig, check_resume, config_args, load_config,
+                          to_dict)
 from r1jax.data import make_prompt_iterator
 from r1jax.evaluation.evaluate import evaluate, write_results
 from r1jax.metrics import MetricsWriter
@@ -331,13 +332,8 @@ class Trainer:
         """The whole job; returns the summary (also written to run_dir/summary.json)."""
         cfg = self.cfg
         resumed = self.restore()
-        writer = MetricsWriter(self.run_dir, total_steps=cfg.train.steps,
-                               start_step=self.step, tensorboard=cfg.train.tensorboard,
-                               progress_bar=cfg.train.progress_bar,
-                               wandb_project=cfg.train.wandb_project,
-                               wandb_mode=cfg.train.wandb_mode,
-                               wandb_run_name=cfg.train.wandb_run_name, config=to_dict(cfg),
-                               process_index=jax.process_index())
+        writer = MetricsWriter.for_run(self.run_dir, cfg, total_steps=cfg.train.steps,
+                                       start_step=self.step)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             if not resumed:
@@ -430,15 +426,12 @@ def main(argv: Optional[list] = None) -> int:
     """Entry point of `r1jax-train --config=FILE[:ARG] [--config.key=value ...]`."""
     import sys
     argv = list(sys.argv if argv is None else argv)
-    spec = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
-    if not spec:
-        print("usage: r1jax-train --config=configs/FILE.py[:ARG] [--config.KEY=VALUE ...]",
-              file=sys.stderr)
+    spec, overrides = config_args(argv, "r1jax-train", "configs/FILE.py")
+    if spec is None:
         return 2
-    overrides = [a[len("--config."):] for a in argv[1:] if a.startswith("--config.")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:  # a bad config, or a checkpoint the config may not resume: the message, no trace
-        cfg = load_config(spec[-1], overrides)
+        cfg = load_config(spec, overrides)
         trainer = Trainer(cfg)
         try:
             summary = trainer.run()

@@ -159,16 +159,9 @@ class Sampler:
           ValueError: empty prompts, invalid sampling parameters, n < 1, too long prompts
             (unless truncating) - all before anything is compiled.
         """
-        sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-        sp.validate()
-        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        if not 1 <= max_new <= self.max_new_tokens:
-            raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}], "
-                             f"got {max_new}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n}")
+        sp, max_new, stops = self._call_args(n, max_new_tokens, temperature, top_p, top_k,
+                                             min_p, stop_token_ids)
         prompts, truncated = self._prepare_prompts(prompt_ids)
-        stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
         params = self.model.params if params is None else params
         start = time.perf_counter()
         tokens, lens, num_prompts = self._pack(prompts)
@@ -208,6 +201,19 @@ class Sampler:
         if self.max_slots is None:
             raise ValueError("Sampler.stream needs the continuous-batching engine: construct "
                              "the Sampler with max_slots (config rollout.max_slots)")
+        sp, max_new, stops = self._call_args(n, max_new_tokens, temperature, top_p, top_k,
+                                             min_p, stop_token_ids)
+        if isinstance(segment_steps, bool) or not isinstance(segment_steps, int) \
+                or segment_steps < 1:
+            raise ValueError(f"segment_steps must be an integer >= 1, got {segment_steps}")
+        return RolloutStream(self, n=n, max_new=max_new, sp=sp, stops=stops, seed=seed,
+                             params=self.model.params if params is None else params,
+                             segment_steps=segment_steps)
+
+    # ------------------------------------------------------------------------------------
+    def _call_args(self, n, max_new_tokens, temperature, top_p, top_k, min_p,
+                   stop_token_ids) -> tuple[SamplingParams, int, tuple]:
+        """(sampling params, max new tokens, stop ids) of a call, validated."""
         sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
         sp.validate()
         max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
@@ -216,15 +222,9 @@ class Sampler:
                              f"got {max_new}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n}")
-        if isinstance(segment_steps, bool) or not isinstance(segment_steps, int) \
-                or segment_steps < 1:
-            raise ValueError(f"segment_steps must be an integer >= 1, got {segment_steps}")
         stops = tuple(sorted(set(self.eos_token_ids) | {int(t) for t in stop_token_ids}))
-        return RolloutStream(self, n=n, max_new=max_new, sp=sp, stops=stops, seed=seed,
-                             params=self.model.params if params is None else params,
-                             segment_steps=segment_steps)
+        return sp, max_new, stops
 
-    # ------------------------------------------------------------------------------------
     def _prepare_prompts(self, prompt_ids) -> tuple[list[list[int]], int]:
         prompts = [[int(t) for t in p] for p in prompt_ids]
         if not prompts:
