@@ -75,6 +75,8 @@ CASES = {
     "algo.kl_kind": Case("k2"),
     "algo.minibatches": Case(4),
     "optim.schedule": Case("cosine"),
+    "sft.overflow": Case("drop"),
+    "sft.fields": Case({"prompt": "question", "response": "answer"}),
     "train.prompts_per_step": Case(32),
     "train.wandb_mode": Case("online"),
     "data.mixture": Case(

@@ -79,12 +79,12 @@ RUNS = {
                     model=dict(remat="full", scan_layers=False),
                     mesh=dict(data=2, fsdp=2, tensor=2)),
     # Dr. GRPO + GSPO: no std scaling, seq-mean-token-sum-norm, sequence-level ratio, k1 KL,
-    # recomputed old log-probs, constant lr after a linear warm-up; rollout on the
-    # continuous-batching engine with 8 slots for the step's 16 completions.
+    # recomputed old log-probs, constant lr after a linear warm-up; rollout streamed from
+    # the continuous-batching engine, 8 slots for the step's 16 completions, 4-step segments.
     "drgrpo_gspo": dict(
         train=dict(steps=2),
         rewards=dict(functions=COSINE_REWARDS),
-        rollout=dict(recompute_old_logprobs=True, max_slots=8),
+        rollout=dict(recompute_old_logprobs=True, max_slots=8, stream_steps=4),
         algo=dict(adv="none", agg="seq-mean-token-sum-norm", max_response_len=32,
                   ratio_level="sequence", kl_beta=0.02, kl_kind="k1", minibatches=2),
         optim=dict(lr=1e-2, schedule="constant", warmup_steps=2),
