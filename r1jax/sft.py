@@ -207,10 +207,11 @@ def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len:
     """`pack`, with the rows padded (empty rows) to a power of two times `row_unit`
     (microbatches x batch parallelism), so that a run compiles few shapes; the stats are the
     packer's (its rows, before padding)."""
-    _, stats = pack(examples, max_len, pad_id=pad_id, overflow=overflow)
+    arrays, stats = pack(examples, max_len, pad_id=pad_id, overflow=overflow)
     units = max(1, -(-stats.rows // row_unit))
-    arrays, _ = pack(examples, max_len, pad_id=pad_id, overflow=overflow,
-                     rows=row_unit * (1 << (units - 1).bit_length()))
+    extra = row_unit * (1 << (units - 1).bit_length()) - stats.rows
+    arrays = {k: np.pad(v, ((0, extra), (0, 0)), constant_values=pad_id if k == "tokens" else 0)
+              for k, v in arrays.items()}
     return SFTBatch(**arrays), stats
 
 
