@@ -125,3 +125,47 @@ def test_a_tiny_model_overfits_16_conversations_and_reproduces_them(tmp_path, da
     assert len(run.examples) == 16 and len(set(got)) == 16
     assert got == [e["messages"][-1]["content"] for e in run.examples]
     assert (out.finish_reason == 0).all()  # each stopped at <eos>
+
+
+def test_a_conversation_file_on_one_device_with_field_mapping_and_drops(tmp_path, data_dir):
+    """r1jax-sft on 1 device over a JSONL file in the prompt / response layout with renamed
+    fields: conversations longer than sft.max_len are left out (overflow=drop) and counted,
+    exactly the ones whose rendered length exceeds it."""
+    import transformers
+
+    from r1jax.sft import render_conversation
+    rng = np.random.default_rng(0)
+    rows = [{"q": f"What is {a}+{b}?", "a": f"<think>{a}+{b}={a + b}</think> {a + b}" +
+             (" and so on" * 30 if i % 4 == 0 else "")}
+            for i, (a, b) in enumerate(rng.integers(0, 50, (16, 2)))]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = transformers.AutoTokenizer.from_pretrained(
+        os.path.join(data_dir, "tokenizers", "qwen2.5_derived"))
+    lengths = [len(render_conversation(tok, [{"role": "user", "content": r["q"]},
+                                             {"role": "assistant", "content": r["a"]}])[0])
+               for r in rows]
+    too_long = sum(n > 96 for n in lengths)
+    assert 0 < too_long < 16
+    env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}",
+         "--config.train.progress_bar=False", f"--config.data.source={data}",
+         "--config.sft.layout=prompt_response", "--config.sft.overflow=drop",
+         "--config.sft.fields={'prompt': 'q', 'response': 'a'}", "--config.sft.max_len=96",
+         "--config.sft.batch_size=16", "--config.sft.steps=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = [r for r in read_metrics(str(run_dir)) if "sft/loss" in r]
+    assert [r["step"] for r in got] == [1, 2]
+    for r in got:  # each step is one pass over the 16 conversations
+        assert r["sft/dropped"] == too_long and r["sft/examples"] == 16 - too_long
+        assert r["sft/truncated"] == 0
+    bad = subprocess.run(
+        [SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}2",
+         "--config.sft.overflow=clip"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert bad.returncode == 2 and "sft.overflow" in bad.stderr
