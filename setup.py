@@ -58,5 +58,6 @@ setup(
         "r1jax-plot=r1jax.plot:main",
         "r1jax-fit=r1jax.fit:main",
         "r1jax-sft=r1jax.sft_run:main",
+        "r1jax-rejection-sample=r1jax.rejection:main",
     ]},
 )

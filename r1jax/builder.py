@@ -73,9 +73,16 @@ def build_source(source: str, *, recipe: Optional[str], data_dir: Optional[str],
 
 
 def build_train_source(cfg: DataConfig) -> Any:
-    return build_source(cfg.source, recipe=cfg.recipe, data_dir=cfg.data_dir, limit=cfg.limit,
-                        strict=cfg.strict, seed=cfg.seed, num_generated=cfg.num_generated,
-                        task_options=cfg.task_options, split="train")
+    """The training prompts; with `data.pass_rates`, only those in the pass-rate range."""
+    source = build_source(cfg.source, recipe=cfg.recipe, data_dir=cfg.data_dir,
+                          limit=cfg.limit, strict=cfg.strict, seed=cfg.seed,
+                          num_generated=cfg.num_generated, task_options=cfg.task_options,
+                          split="train")
+    if cfg.pass_rates is not None:
+        from r1jax.data.pass_rates import filter_by_pass_rate
+        source = filter_by_pass_rate(source, cfg.pass_rates, cfg.pass_rate_min,
+                                     cfg.pass_rate_max)
+    return source
 
 
 def build_eval_source(cfg: EvalConfig, data_cfg: DataConfig) -> Optional[Any]:

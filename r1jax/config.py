@@ -360,6 +360,9 @@ class DataConfig:
       apply to every task.
     mixture_schedule: curriculum stages of task weights by RL step (empty: the tasks'
       `weight`s throughout; before the first stage's `from_step`, too).
+    pass_rates: a `pass_rates.jsonl` of r1jax-rejection-sample; with it only the examples
+      whose pass rate lies in [pass_rate_min, pass_rate_max] are kept (difficulty
+      filtering; drops counted as `pass_rate_out_of_range` / `no_pass_rate`).
     """
 
     source: str = "gsm8k_train"
@@ -375,9 +378,17 @@ class DataConfig:
     task_options: dict = dataclasses.field(default_factory=dict)
     mixture: tuple[MixtureSource, ...] = ()
     mixture_schedule: tuple[MixtureStage, ...] = ()
+    pass_rates: Optional[str] = None
+    pass_rate_min: float = 0.0
+    pass_rate_max: float = 1.0
 
     def validate(self, path: str) -> None:
         _check(self.max_prompt_tokens >= 1, path, "max_prompt_tokens", "must be >= 1")
+        _check(0.0 <= self.pass_rate_min <= self.pass_rate_max <= 1.0, path, "pass_rate_min",
+               f"need 0 <= pass_rate_min <= pass_rate_max <= 1, got "
+               f"[{self.pass_rate_min}, {self.pass_rate_max}]")
+        _check(self.pass_rates is None or not self.mixture, path, "pass_rates",
+               "filters the single `source`; a mixture's tasks are not filtered by pass rate")
         _check(self.num_generated >= 1, path, "num_generated", "must be >= 1")
         names = [m.name for m in self.mixture]
         _check(len(set(names)) == len(names), path, "mixture",

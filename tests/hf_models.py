@@ -60,3 +60,38 @@ def hf_logits(model, tokens, mask, positions) -> np.ndarray:
         out = model(torch.tensor(tokens), attention_mask=torch.tensor(mask),
                     position_ids=torch.tensor(positions))
     return out.logits.float().numpy()
+
+
+def write_bigram_model(path, tokenizer_dir, successors: dict) -> None:
+    """Saves to `path` a transformers Qwen2 (hidden 64, 2 layers, the tokenizer's vocabulary)
+    whose next token depends only on the current one: `successors[t]` lists the tokens that
+    may follow t, all equally likely at temperature 1 (argmax: the lowest id among them).
+
+    Attention and MLP outputs are zeroed (o_proj, down_proj), so the last hidden state is
+    RMSNorm(embedding). Source token i embeds as the unit vector e_i and the lm_head rows of
+    its successors are 10 e_i: each successor's logit is 10 x 8 = 80, every other logit is
+    0, so sampling leaves the graph with probability ~V e^-80.
+    """
+    import os
+    import shutil
+
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert len(successors) <= 64, "one hidden unit per source token"
+    model = make_hf_model("qwen2", vocab=len(tok), tied=False, seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for i, (current, following) in enumerate(successors.items()):
+            model.model.embed_tokens.weight[current] = 0.0
+            model.model.embed_tokens.weight[current, i] = 1.0
+            for successor in following:
+                model.lm_head.weight[successor, i] = 10.0
+    model.save_pretrained(path)
+    for name in os.listdir(tokenizer_dir):
+        shutil.copy(os.path.join(tokenizer_dir, name), path)

@@ -250,3 +250,67 @@ def restore_params(state_dir: str, cfg: ModelConfig, sharding: Sharding) -> Any:
         raise PolicyError(f"{state_dir}: the saved parameters do not match the run's model "
                          f"config: {e}") from e
     return out["params"]
+
+
+# ----------------------------------------------------------------------------------------
+# Command-line flags shared by the tools that load a policy (r1jax-eval,
+# r1jax-rejection-sample).
+
+
+def add_policy_arguments(parser: Any) -> None:
+    """--model / --checkpoint / --tokenizer / --dtype / --compute_dtype / --mesh."""
+    src = parser.add_argument_group("policy (exactly one of --model / --checkpoint)")
+    src.add_argument("--model", help="local Hugging Face model directory")
+    src.add_argument("--checkpoint", help="r1jax RUN_DIR, RUN_DIR/checkpoints (latest step) "
+                     "or RUN_DIR/checkpoints/STEP")
+    src.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
+    src.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                     help="parameter dtype (default: float32 for --model, the run's for "
+                     "--checkpoint)")
+    src.add_argument("--compute_dtype", choices=("float32", "bfloat16", "float16"),
+                     help="activation dtype (default: --dtype)")
+    src.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor mesh sizes over the "
+                     "local devices, -1: the rest (default %(default)s)")
+
+
+def check_policy_arguments(a: Any) -> None:
+    """Raises ValueError / FileNotFoundError for the policy flags before anything loads."""
+    if (a.model is None) == (a.checkpoint is None):
+        raise PolicyError("pass exactly one of --model=HF_DIR or --checkpoint=RUN_DIR")
+    for path, flag in ((a.model, "--model"), (a.checkpoint, "--checkpoint"),
+                       (a.tokenizer, "--tokenizer"), (getattr(a, "data_dir", None),
+                                                      "--data_dir")):
+        if path is not None and not os.path.isdir(path):
+            raise FileNotFoundError(f"{flag}: directory does not exist: {path}")
+
+
+def mesh_from_flag(spec: str) -> Sharding:
+    """The Sharding of a --mesh flag "data,fsdp,tensor" (-1: the rest of the devices).
+
+    Raises:
+      PolicyError: not three integers, or sizes that do not fit the devices.
+    """
+    from r1jax.sharding import make_mesh
+    try:
+        sizes = [int(x) for x in spec.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 3:
+        raise PolicyError(f"--mesh must be three comma-separated sizes data,fsdp,tensor; "
+                          f"got {spec!r}")
+    devices = jax.devices()
+    if -1 not in sizes and 0 < sizes[0] * sizes[1] * sizes[2] < len(devices):
+        devices = devices[:sizes[0] * sizes[1] * sizes[2]]  # a mesh on fewer devices
+    try:
+        return Sharding(make_mesh(*sizes, devices=devices))
+    except ValueError as e:
+        raise PolicyError(f"--mesh={spec}: {e}") from None
+
+
+def load_policy(a: Any, sharding: Sharding) -> Policy:
+    """The policy the --model / --checkpoint flags name."""
+    if a.model is not None:
+        return load_hf_policy(a.model, tokenizer_dir=a.tokenizer, sharding=sharding,
+                              dtype=a.dtype or "float32", compute_dtype=a.compute_dtype)
+    return load_checkpoint_policy(a.checkpoint, tokenizer_dir=a.tokenizer, sharding=sharding,
+                                  dtype=a.dtype, compute_dtype=a.compute_dtype)
