@@ -12,10 +12,10 @@ evaluation; `r1jax.train.Trainer` runs a whole job.
 from r1jax.config import ConfigError, ModelConfig, RunConfig, load_config
 from r1jax.models import (CheckpointError, Decoder, UnsupportedModelError, load_hf,
                           load_tokenizer, preset_config, save_hf)
-from r1jax.sampling import SampleOutput, Sampler, generate_text
+from r1jax.sampling import BudgetForcing, SampleOutput, Sampler, generate_text
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "ModelConfig", "RunConfig", "load_config", "CheckpointError",
            "Decoder", "UnsupportedModelError", "load_hf", "load_tokenizer", "preset_config",
-           "save_hf", "SampleOutput", "Sampler", "generate_text"]
+           "save_hf", "BudgetForcing", "SampleOutput", "Sampler", "generate_text"]

@@ -4,6 +4,12 @@
         --data_dir=../shared/data --n=16 --temperature=0.6 --top_p=0.95 \\
         --max_new_tokens=3072 --out_dir=results/qwen_math_1.5b
     r1jax-eval --checkpoint=runs/dapo/checkpoints/200 --benchmarks=math500 --out_dir=ev
+    r1jax-eval --model=/models/Qwen3-1.7B --benchmarks=aime24 --data_dir=../shared/data \\
+        --template=chat --max_new_tokens=8192 --thinking_budget=4096 --max_waits=2 \\
+        --out_dir=results/qwen3_budget4096
+
+Budget forcing (--thinking_budget, --end_think, --wait, --max_waits): a thinking budget
+enforced token by token in the sampler's decode loop, see `r1jax.sampling.budget`.
 
 Writes into --out_dir, per benchmark, `<name>.json` (the report) and `<name>.samples.jsonl`
 (one line per completion: prompt, completion, extracted answer, gold, verdict, tokens,
@@ -17,7 +23,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from r1jax.config import ConfigError
 from r1jax.data import BENCHMARKS, RECIPES, DataError, field_recipe, load_source
@@ -27,6 +33,7 @@ from r1jax.evaluation.evaluate import (combine_reports, evaluate, prepare_proble
 from r1jax.evaluation import policy as pol
 from r1jax.models import CheckpointError, UnsupportedModelError
 from r1jax.rewards import EXTRACTION_MODES
+from r1jax.sampling.budget import BudgetForcing
 
 log = logging.getLogger("r1jax.eval")
 _ERRORS = (FileNotFoundError, DataError, ConfigError, CheckpointError, UnsupportedModelError,
@@ -39,18 +46,7 @@ class UsageError(ValueError):
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="r1jax-eval", description=__doc__.split("\n\n")[0])
-    src = p.add_argument_group("policy (exactly one of --model / --checkpoint)")
-    src.add_argument("--model", help="local Hugging Face model directory")
-    src.add_argument("--checkpoint", help="r1jax RUN_DIR, RUN_DIR/checkpoints (latest step) "
-                     "or RUN_DIR/checkpoints/STEP")
-    src.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
-    src.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                     help="parameter dtype (default: float32 for --model, the run's for "
-                     "--checkpoint)")
-    src.add_argument("--compute_dtype", choices=("float32", "bfloat16", "float16"),
-                     help="activation dtype (default: --dtype)")
-    src.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor mesh sizes over the "
-                     "local devices, -1: the rest (default %(default)s)")
+    pol.add_policy_arguments(p)
     data = p.add_argument_group("benchmarks")
     data.add_argument("--benchmarks", required=True, help="comma-separated names "
                       f"({', '.join([*BENCHMARKS, *PACKAGED_BENCHMARKS])}) or .jsonl / "
@@ -81,6 +77,15 @@ def make_parser() -> argparse.ArgumentParser:
     smp.add_argument("--batch_size", type=int, default=32,
                      help="prompts per sampler call (default %(default)s)")
     smp.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    smp.add_argument("--thinking_budget", type=int, help="budget forcing: thinking tokens "
+                     "before --end_think is forced (default: off; with --max_waits alone, "
+                     "--max_new_tokens)")
+    smp.add_argument("--end_think", default="</think>", help="budget forcing: the "
+                     "end-of-thinking delimiter (default %(default)s)")
+    smp.add_argument("--wait", default="Wait", help="budget forcing: what replaces an early "
+                     "--end_think (default %(default)s)")
+    smp.add_argument("--max_waits", type=int, default=0, help="budget forcing: early "
+                     "--end_think replaced by --wait at most this often (default %(default)s)")
     smp.add_argument("--extraction", choices=EXTRACTION_MODES, help="answer extraction "
                      "(default: the run's accuracy reward's for --checkpoint, else auto)")
     smp.add_argument("--answer_pattern", help="regex for --extraction=regex")
@@ -95,17 +100,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    if (a.model is None) == (a.checkpoint is None):
-        raise UsageError("pass exactly one of --model=HF_DIR or --checkpoint=RUN_DIR")
-    for path, flag in ((a.model, "--model"), (a.checkpoint, "--checkpoint"),
-                       (a.tokenizer, "--tokenizer"), (a.data_dir, "--data_dir")):
-        if path is not None and not os.path.isdir(path):
-            raise FileNotFoundError(f"{flag}: directory does not exist: {path}")
+    pol.check_policy_arguments(a)
     checks = ((a.n >= 1, "--n must be >= 1"),
               (a.temperature >= 0, "--temperature must be >= 0"),
               (0 < a.top_p <= 1, "--top_p must be in (0, 1]"),
               (a.top_k >= 0, "--top_k must be >= 0"),
               (a.max_new_tokens >= 1, "--max_new_tokens must be >= 1"),
+              (a.thinking_budget is None or a.thinking_budget >= 1,
+               "--thinking_budget must be >= 1"),
+              (a.max_waits >= 0, "--max_waits must be >= 0"),
               (a.batch_size >= 1, "--batch_size must be >= 1"),
               (a.limit is None or a.limit >= 1, "--limit must be >= 1"),
               (a.reward_workers >= 1, "--reward_workers must be >= 1"),
@@ -149,34 +152,6 @@ def _check_benchmarks(a: argparse.Namespace) -> None:
             raise FileNotFoundError(f"benchmark file not found: {path}")
 
 
-def _mesh(spec: str):
-    from r1jax.sharding import Sharding, make_mesh
-    import jax
-    try:
-        sizes = [int(x) for x in spec.split(",")]
-    except ValueError:
-        sizes = []
-    if len(sizes) != 3:
-        raise UsageError(f"--mesh must be three comma-separated sizes data,fsdp,tensor; got "
-                         f"{spec!r}")
-    devices = jax.devices()
-    if -1 not in sizes and 0 < sizes[0] * sizes[1] * sizes[2] < len(devices):
-        devices = devices[:sizes[0] * sizes[1] * sizes[2]]  # a mesh on fewer devices
-    try:
-        return Sharding(make_mesh(*sizes, devices=devices))
-    except ValueError as e:
-        raise UsageError(f"--mesh={spec}: {e}") from None
-
-
-def _load_policy(a: argparse.Namespace, sharding) -> pol.Policy:
-    if a.model is not None:
-        return pol.load_hf_policy(a.model, tokenizer_dir=a.tokenizer, sharding=sharding,
-                                  dtype=a.dtype or "float32", compute_dtype=a.compute_dtype)
-    return pol.load_checkpoint_policy(a.checkpoint, tokenizer_dir=a.tokenizer,
-                                      sharding=sharding, dtype=a.dtype,
-                                      compute_dtype=a.compute_dtype)
-
-
 def _defaults(a: argparse.Namespace, policy: pol.Policy) -> tuple[str, Optional[str], str,
                                                                    Optional[str]]:
     """(template, system prompt, extraction mode, pattern): flags, else the run's."""
@@ -190,6 +165,24 @@ def _defaults(a: argparse.Namespace, policy: pol.Policy) -> tuple[str, Optional[
         mode = spec.kwargs.get("mode", "auto")
         pattern = pattern if pattern is not None else spec.kwargs.get("pattern")
     return template, system, mode or "auto", pattern
+
+
+def _budget_forcing(a: argparse.Namespace, tokenizer: Any) -> Optional[BudgetForcing]:
+    """The budget forcing the flags ask for (None when --thinking_budget and --max_waits
+    are unset), its strings tokenized by the policy's tokenizer."""
+    if a.thinking_budget is None and a.max_waits == 0:
+        return None
+
+    def ids(text: str, flag: str) -> tuple[int, ...]:
+        out = tuple(tokenizer.encode(text, add_special_tokens=False))
+        if not out:
+            raise UsageError(f"{flag}={text!r} tokenizes to no tokens")
+        return out
+
+    return BudgetForcing(
+        budget=a.thinking_budget if a.thinking_budget is not None else a.max_new_tokens,
+        end_ids=ids(a.end_think, "--end_think"),
+        wait_ids=ids(a.wait, "--wait") if a.max_waits > 0 else (), max_waits=a.max_waits)
 
 
 def _benchmark_names(entries: Sequence[str]) -> list[tuple[str, str]]:
@@ -235,9 +228,9 @@ def run(a: argparse.Namespace) -> dict:
     from r1jax.sampling import Sampler
 
     _check_args(a)
-    sharding = _mesh(a.mesh)
-    policy = _load_policy(a, sharding)
+    policy = pol.load_policy(a, pol.mesh_from_flag(a.mesh))
     template, system, mode, pattern = _defaults(a, policy)
+    budget_forcing = _budget_forcing(a, policy.tokenizer)
     benchmarks = _load_benchmarks(a, policy.tokenizer, template, system)
     longest = max(p["prompt_len"] for _, problems, _ in benchmarks.values() for p in problems)
     tok = policy.tokenizer
@@ -250,7 +243,9 @@ def run(a: argparse.Namespace) -> dict:
                 "top_p": a.top_p, "top_k": a.top_k, "max_new_tokens": a.max_new_tokens,
                 "seed": a.seed, "extraction": mode, "answer_pattern": pattern,
                 "stop_token_ids": policy.stop_token_ids, "limit": a.limit,
-                "max_prompt_tokens": a.max_prompt_tokens}
+                "max_prompt_tokens": a.max_prompt_tokens,
+                "thinking_budget": a.thinking_budget, "end_think": a.end_think,
+                "wait": a.wait, "max_waits": a.max_waits}
     reports = {}
     code_pool = contextlib.nullcontext()
     if any(source.task == "code" for source, _, _ in benchmarks.values()):
@@ -268,7 +263,7 @@ def run(a: argparse.Namespace) -> dict:
                               n=a.n, temperature=a.temperature,
                               top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
                               seed=a.seed, batch_size=a.batch_size, extraction_mode=mode,
-                              answer_pattern=pattern,
+                              answer_pattern=pattern, budget_forcing=budget_forcing,
                               progress=False if a.no_progress else name)
             result.report = dict(result.report, benchmark=name, source=source.stats.path,
                                  skipped_rows=dict(source.stats.skipped),

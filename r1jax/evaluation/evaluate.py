@@ -188,7 +188,7 @@ def evaluate(sampler: Any, tokenizer: Any, problems: Sequence[dict], pool: Any =
              max_new_tokens: Optional[int] = None, seed: int = 0, batch_size: int = 64,
              extraction_mode: Optional[str] = None, answer_pattern: Optional[str] = None,
              progress: Union[bool, str] = False, num_workers: int = 2,
-             timeout_s: float = 10.0) -> EvalResult:
+             timeout_s: float = 10.0, budget_forcing: Any = None) -> EvalResult:
     """Samples `n` completions per problem and scores them.
 
     Args:
@@ -211,6 +211,8 @@ def evaluate(sampler: Any, tokenizer: Any, problems: Sequence[dict], pool: Any =
         of the pool's accuracy function, so that the shown answer is the graded one.
       progress: show a progress bar (a string labels it).
       num_workers, timeout_s: the pool started when `pool` is None.
+      budget_forcing: an `r1jax.sampling.BudgetForcing` passed to every `generate` call
+        (None: not passed, so any object with `generate` still works).
 
     Raises:
       ValueError: no problems, n < 1 or batch_size < 1.
@@ -230,8 +232,11 @@ def evaluate(sampler: Any, tokenizer: Any, problems: Sequence[dict], pool: Any =
         extraction_mode, pool_pattern = _pool_extraction(pool, accuracy_name)
         answer_pattern = answer_pattern if answer_pattern is not None else pool_pattern
     try:
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k)
+        if budget_forcing is not None:
+            sampling["budget_forcing"] = budget_forcing
         return _evaluate(sampler, tokenizer, problems, pool, accuracy_name, params, n,
-                         dict(temperature=temperature, top_p=top_p, top_k=top_k),
+                         sampling,
                          max_new_tokens, seed, batch_size, extraction_mode, answer_pattern,
                          progress)
     finally:

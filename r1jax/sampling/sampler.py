@@ -16,6 +16,10 @@ group) into a staging buffer whose n rows per prompt take slots as they free up;
 step advances all occupied slots, each at its own position, and a row that stops frees its
 slot at once. Rows come back in the same order whatever N is.
 
+Budget forcing (`budget_forcing=BudgetForcing(...)`, see `r1jax.sampling.budget`): each row
+(or slot, reset when a row enters it) also carries a few counters, and the token written at a
+position may be a forced one instead of the sampled one, inside the same loops.
+
 Randomness: the token at position t of sample i of prompt p is drawn with the key
 fold_in(fold_in(fold_in(key(seed), p), i), t), so a completion never depends on N, on which
 rows share its batch, or on the mesh.
@@ -45,6 +49,8 @@ from r1jax.config import ModelConfig
 from r1jax.models import attention as attn_lib
 from r1jax.models import decoder
 from r1jax.models.layers import rms_norm
+from r1jax.sampling import budget as budget_lib
+from r1jax.sampling.budget import BudgetForcing
 from r1jax.sampling.processors import SamplingParams, sample
 from r1jax.sharding import Sharding, constrain
 
@@ -70,7 +76,8 @@ class SampleOutput:
       prompt_ids: the prompts as used (after any truncation), one list per prompt.
       stats: counts and timings: prompts, rows, truncated_prompts, generated_tokens,
         decode_steps, seconds; with slots also slots, slot_steps (occupied slot-steps of the
-        decode loop), slot_utilization (slot_steps / (decode_steps x slots)), prefills.
+        decode loop), slot_utilization (slot_steps / (decode_steps x slots)), prefills; with
+        budget forcing also waits ([B] int, end delimiters each row had replaced).
     """
 
     tokens: np.ndarray
@@ -144,7 +151,8 @@ class Sampler:
     def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
                  max_new_tokens: Optional[int] = None, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0,
-                 stop_token_ids: Sequence[int] = (), params: Any = None) -> SampleOutput:
+                 stop_token_ids: Sequence[int] = (), params: Any = None,
+                 budget_forcing: Optional[BudgetForcing] = None) -> SampleOutput:
         """Samples `n` completions for each prompt.
 
         Args:
@@ -155,25 +163,29 @@ class Sampler:
           seed: the same seed gives the same completions, on one device or a mesh.
           stop_token_ids: extra stop tokens besides the sampler's eos_token_ids.
           params: parameters to sample from (the trainer's live params); default the model's.
+          budget_forcing: a thinking budget enforced in the decode loop (`BudgetForcing`);
+            None: none. Forced tokens are recorded and counted like sampled ones.
         Raises:
           ValueError: empty prompts, invalid sampling parameters, n < 1, too long prompts
-            (unless truncating) - all before anything is compiled.
+            (unless truncating), budget-forcing ids outside the vocabulary - all before
+            anything is compiled.
         """
         sp, max_new, stops = self._call_args(n, max_new_tokens, temperature, top_p, top_k,
                                              min_p, stop_token_ids)
+        bf = budget_lib.check(budget_forcing, self.config.vocab_size)
         prompts, truncated = self._prepare_prompts(prompt_ids)
         params = self.model.params if params is None else params
         start = time.perf_counter()
         tokens, lens, num_prompts = self._pack(prompts)
         rows = num_prompts * n
         if self.max_slots is None:
-            fn = self._program(tokens.shape, n, max_new, sp, stops)
+            fn = self._program(tokens.shape, n, max_new, sp, stops, bf)
             out = fn(params, tokens, lens, jnp.int32(num_prompts), jax.random.key(seed))
             out = jax.tree.map(np.asarray, jax.device_get(out))
-            out = {k: out[k][:rows] for k in FIELDS} | {"steps": int(out["steps"])}
+            out = {k: out[k][:rows] for k in _fields(out)} | {"steps": int(out["steps"])}
         else:
             out = self._generate_engine(params, tokens, lens, num_prompts, n, max_new, sp,
-                                        stops, seed)
+                                        stops, seed, bf)
         seconds = time.perf_counter() - start
         res = SampleOutput(
             tokens=out["tokens"], lengths=out["lengths"], finish_reason=out["finish"],
@@ -187,12 +199,15 @@ class Sampler:
         if self.max_slots is not None:
             res.stats.update(_slot_stats(out["steps"], out["slot_steps"], self.max_slots),
                              prefills=out["prefills"])
+        if "waits" in out:
+            res.stats["waits"] = out["waits"]
         return res
 
     def stream(self, *, n: int = 1, max_new_tokens: Optional[int] = None,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                min_p: float = 0.0, seed: int = 0, stop_token_ids: Sequence[int] = (),
-               params: Any = None, segment_steps: int = 64) -> "RolloutStream":
+               params: Any = None, segment_steps: int = 64,
+               budget_forcing: Optional[BudgetForcing] = None) -> "RolloutStream":
         """A `RolloutStream` on this sampler's engine (needs `max_slots`): prompts are added
         as they are drawn and groups come back as their n rows finish. Arguments as for
         `generate`; `segment_steps` decode steps run between two returns to the host.
@@ -203,12 +218,13 @@ class Sampler:
                              "the Sampler with max_slots (config rollout.max_slots)")
         sp, max_new, stops = self._call_args(n, max_new_tokens, temperature, top_p, top_k,
                                              min_p, stop_token_ids)
+        bf = budget_lib.check(budget_forcing, self.config.vocab_size)
         if isinstance(segment_steps, bool) or not isinstance(segment_steps, int) \
                 or segment_steps < 1:
             raise ValueError(f"segment_steps must be an integer >= 1, got {segment_steps}")
         return RolloutStream(self, n=n, max_new=max_new, sp=sp, stops=stops, seed=seed,
                              params=self.model.params if params is None else params,
-                             segment_steps=segment_steps)
+                             segment_steps=segment_steps, budget_forcing=bf)
 
     # ------------------------------------------------------------------------------------
     def _call_args(self, n, max_new_tokens, temperature, top_p, top_k, min_p,
@@ -265,37 +281,41 @@ class Sampler:
             lens[i] = len(p)
         return tokens, lens, num
 
-    def _program(self, shape, n, max_new, sp, stops):
-        """The static-batch program (`max_slots=None`)."""
-        key = ("static", shape, n, max_new, sp, stops)
+    def _program(self, shape, n, max_new, sp, stops, bf=None):
+        """The static-batch program (`max_slots=None`); `bf` (budget forcing) is static."""
+        key = ("static", shape, n, max_new, sp, stops, bf)
         if key not in self._compiled:
             self._compiled[key] = jax.jit(functools.partial(
                 _generate, cfg=self.config, sharding=self.sharding, n=n, max_new=max_new, sp=sp,
-                stops=stops, pad_id=self.pad_id, cache_dtype=self.cache_dtype))
+                stops=stops, pad_id=self.pad_id, cache_dtype=self.cache_dtype, bf=bf))
         return self._compiled[key]
 
-    def _engine_programs(self, width, queue, n, max_new, sp, stops, done_rows, bounded):
+    def _engine_programs(self, width, queue, n, max_new, sp, stops, done_rows, bounded,
+                         bf=None):
         """(init, run): the engine's jitted programs for cache width Sp + max_new, a queue of
-        `queue` prompts and a done buffer of `done_rows` rows; run donates the state."""
+        `queue` prompts and a done buffer of `done_rows` rows; run donates the state. With
+        `bf` (budget forcing, static) the state also holds the per-slot forcing counters."""
         common = dict(cfg=self.config, sharding=self.sharding, slots=self.max_slots,
                       prefill_rows=self._parallelism, pad_id=self.pad_id)
-        init_key = ("init", width, max_new)
+        forcing = bf is not None
+        init_key = ("init", width, max_new, forcing)
         if init_key not in self._compiled:
             self._compiled[init_key] = jax.jit(functools.partial(
                 _engine_init, width=width, max_new=max_new, cache_dtype=self.cache_dtype,
-                **common))
-        run_key = ("run", width, queue, n, max_new, sp, stops, done_rows, bounded)
+                forcing=forcing, **common))
+        run_key = ("run", width, queue, n, max_new, sp, stops, done_rows, bounded, bf)
         if run_key not in self._compiled:
             self._compiled[run_key] = jax.jit(functools.partial(
                 _engine_run, n=n, max_new=max_new, sp=sp, stops=stops, done_rows=done_rows,
-                bounded=bounded, **common), donate_argnums=1)
+                bounded=bounded, bf=bf, **common), donate_argnums=1)
         return self._compiled[init_key], self._compiled[run_key]
 
-    def _generate_engine(self, params, tokens, lens, num_prompts, n, max_new, sp, stops, seed):
+    def _generate_engine(self, params, tokens, lens, num_prompts, n, max_new, sp, stops, seed,
+                         bf=None):
         """One engine run over all of a `generate` call's prompts; rows back in order."""
         done_rows = tokens.shape[0] * n
         init, run = self._engine_programs(tokens.shape[1], tokens.shape[0], n, max_new, sp,
-                                          stops, done_rows, False)
+                                          stops, done_rows, False, bf)
         state, done, _, steps = run(params, init(params), tokens, lens, jnp.int32(num_prompts),
                                     jnp.int32(0), jax.random.key(seed),
                                     jnp.int32(np.iinfo(np.int32).max))
@@ -306,8 +326,8 @@ class Sampler:
         order = np.asarray(done["row"][:count])
         if count != rows or sorted(order.tolist()) != list(range(rows)):
             raise RuntimeError(f"the engine finished {count} rows for {rows} completions")
-        out = {k: np.empty_like(np.asarray(done[k][:rows])) for k in FIELDS}
-        for k in FIELDS:
+        out = {k: np.empty_like(np.asarray(done[k][:rows])) for k in _fields(done)}
+        for k in out:
             out[k][order] = np.asarray(done[k][:count])
         return out | {"steps": int(steps), "slot_steps": int(counters["slot_steps"]),
                       "prefills": int(counters["prefills"])}
@@ -335,18 +355,19 @@ class RolloutStream:
     """
 
     def __init__(self, sampler: Sampler, *, n, max_new, sp, stops, seed, params,
-                 segment_steps):
+                 segment_steps, budget_forcing=None):
         self._sampler = sampler
         self.n = n
         self.max_new = max_new
         self._sp, self._stops, self._params = sp, stops, params
+        self._bf = budget_forcing
         self._key = jax.random.key(seed)
         self.segment_steps = segment_steps
         layout = self.layout(sampler, n)
         self.width, self._done_rows = layout["width"], layout["done_rows"]
         slots = sampler.max_slots
         init, _ = sampler._engine_programs(self.width, 0, n, max_new, sp, stops,
-                                           self._done_rows, True)
+                                           self._done_rows, True, budget_forcing)
         self._state = init(params)
         self._prompts: list[list[int]] = []
         self._taken = 0  # prompts handed to the engine
@@ -401,7 +422,7 @@ class RolloutStream:
             tokens[i, :len(p)] = p
             lens[i] = len(p)
         _, run = smp._engine_programs(self.width, queue, self.n, self.max_new, self._sp,
-                                      self._stops, self._done_rows, True)
+                                      self._stops, self._done_rows, True, self._bf)
         self._state, done, taken, steps = run(
             self._params, self._state, tokens, lens, jnp.int32(count),
             jnp.int32(self._taken), self._key, jnp.int32(self.segment_steps))
@@ -423,21 +444,23 @@ class RolloutStream:
         st["slot_steps"], st["prefills"] = int(counters["slot_steps"]), int(counters["prefills"])
         st.update(_slot_stats(st["decode_steps"], st["slot_steps"], st["slots"]))
         finished = []
+        names = _fields(done)
         for i in range(int(done["count"])):
             row = int(done["row"][i])
             rows = self._rows.setdefault(row // self.n, [])
-            rows.append((row % self.n,) + tuple(np.asarray(done[k][i]) for k in FIELDS))
+            rows.append((row % self.n,) + tuple(np.asarray(done[k][i]) for k in names))
             if len(rows) == self.n:
                 finished.append(row // self.n)
         groups = []
         for p in sorted(finished):
             rows = sorted(self._rows.pop(p), key=lambda r: r[0])
-            fields = {k: np.stack([r[1 + j] for r in rows]) for j, k in enumerate(FIELDS)}
+            fields = {k: np.stack([r[1 + j] for r in rows]) for j, k in enumerate(names)}
             out = SampleOutput(tokens=fields["tokens"], lengths=fields["lengths"],
                                finish_reason=fields["finish"], logprobs=fields["logp"],
                                sampling_logprobs=fields["sample_logp"],
                                prompt_index=np.zeros(self.n, np.int64),
-                               prompt_ids=[self._prompts[p]], stats={})
+                               prompt_ids=[self._prompts[p]],
+                               stats={"waits": fields["waits"]} if "waits" in fields else {})
             groups.append((p, out))
         self._finished += len(groups)
         return groups
@@ -449,6 +472,11 @@ def _slot_stats(steps: int, slot_steps: int, slots: int) -> dict:
 
 
 FIELDS = ("tokens", "lengths", "finish", "logp", "sample_logp")
+
+
+def _fields(out: dict) -> tuple[str, ...]:
+    """The per-row result fields of `out`: FIELDS, plus waits under budget forcing."""
+    return FIELDS + (("waits",) if "waits" in out else ())
 
 
 # ----------------------------------------------------------------------------------------
@@ -560,7 +588,7 @@ def _weights(params, cfg):
 
 
 def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_new, sp, stops,
-              pad_id, cache_dtype):
+              pad_id, cache_dtype, bf=None):
     del num_prompts  # padding rows run and are dropped by the caller
     keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)  # at trace time
     k, v, logits = _prefill(params, tokens, lens, cfg, sharding)
@@ -574,11 +602,15 @@ def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_n
 
     def record(state, logits, step):
         tok, logp, slogp = sample(logits, _at(row_keys, step), sp)
+        state = dict(state)
+        if bf is not None:  # budget forcing: the written token may be a forced one
+            old = {k: state[k] for k in budget_lib.STATE_KEYS}
+            tok, logp, slogp, new = budget_lib.force(bf, old, step, tok, logits, logp, slogp)
+            state.update({k: jnp.where(state["done"], old[k], new[k]) for k in new})
         done = state["done"]
         tok = jnp.where(done, pad_id, tok)
         live = ~done
         stopped = live & jnp.isin(tok, stop_ids)
-        state = dict(state)
         state["tokens"] = state["tokens"].at[:, step].set(tok)
         state["logp"] = state["logp"].at[:, step].set(jnp.where(live, logp, 0.0))
         state["sample_logp"] = state["sample_logp"].at[:, step].set(
@@ -589,6 +621,8 @@ def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_n
         return state, tok
 
     state = dict(_empty_outputs(rows, max_new, pad_id), done=jnp.zeros((rows,), bool))
+    if bf is not None:
+        state.update(budget_lib.init_state(rows))
     state, tok = record(state, logits, 0)
 
     def cond(carry):
@@ -603,8 +637,11 @@ def _generate(params, tokens, lens, num_prompts, key, *, cfg, sharding, n, max_n
         return state, cache, tok, step + 1
 
     state, _, _, steps = lax.while_loop(cond, body, (state, cache, tok, jnp.int32(1)))
-    return {"tokens": state["tokens"], "lengths": state["lengths"], "finish": state["finish"],
-            "logp": state["logp"], "sample_logp": state["sample_logp"], "steps": steps}
+    out = {"tokens": state["tokens"], "lengths": state["lengths"], "finish": state["finish"],
+           "logp": state["logp"], "sample_logp": state["sample_logp"], "steps": steps}
+    if bf is not None:
+        out["waits"] = state["bf_waits"]
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -645,9 +682,10 @@ def _insert_prompts(cache, k, v, prompt, slot_ids, count, keys_t):
 
 
 def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, pad_id,
-                 cache_dtype):
+                 cache_dtype, forcing=False):
     """The engine's state before any prompt: an empty cache of `slots` rows, an empty staging
-    buffer of `prefill_rows` prompts, free slots, and per-slot outputs [N, T]."""
+    buffer of `prefill_rows` prompts, free slots, and per-slot outputs [N, T]; with `forcing`
+    also the per-slot budget-forcing counters [N] (`budget.STATE_KEYS`)."""
     keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)
     pp = prefill_rows
     shapes = jax.eval_shape(lambda t, l: _prefill(params, t, l, cfg, sharding),
@@ -655,7 +693,8 @@ def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, 
                             jax.ShapeDtypeStruct((pp,), jnp.int32))
     per_slot = lambda x: constrain(x, ("cache_batch",) + (None,) * (x.ndim - 1), sharding)
     zero = jnp.int32(0)
-    return {
+    forced = {k: per_slot(v) for k, v in budget_lib.init_state(slots).items()} if forcing else {}
+    return forced | {
         "cache": _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t),
         "buf_k": jnp.zeros(shapes[0].shape, cache_dtype),  # [L, pp, Sp, K, Dh]
         "buf_v": jnp.zeros(shapes[1].shape, cache_dtype),
@@ -678,7 +717,7 @@ def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, 
 
 def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, max_steps, *,
                 cfg, sharding, n, max_new, sp, stops, pad_id, slots, prefill_rows, done_rows,
-                bounded):
+                bounded, bf=None):
     """Runs the engine from `state` for at most `max_steps` decode steps.
 
     Every step first moves rows of prefilled prompts into free slots (prefilling the next
@@ -698,10 +737,12 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
       max_steps: scalar int32.
       done_rows: D, rows of the done buffer; without `bounded`, D must be at least the rows
         the run can finish (all of a `generate` call's).
+      bf: budget forcing (static; the state must hold its counters), or None.
     Returns:
       (state, done, taken, steps): done = {row [D], tokens / logp / sample_logp [D, T],
-      lengths [D], finish [D], count}, rows [count:] unused; taken = prompts of the queue
-      prefilled (they are the engine's now); steps = decode steps run.
+      lengths [D], finish [D], count, and waits [D] with `bf`}, rows [count:] unused;
+      taken = prompts of the queue prefilled (they are the engine's now); steps = decode
+      steps run.
     """
     keys_t = attn_lib.transposed_key_cache(cfg.attention_impl, sharding)
     pp = prefill_rows
@@ -718,6 +759,8 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
             "lengths": rep(jnp.zeros((big_d,), jnp.int32)),
             "finish": rep(jnp.full((big_d,), LENGTH, jnp.int32)),
             "count": jnp.int32(0)}
+    if bf is not None:
+        done["waits"] = rep(jnp.zeros((big_d,), jnp.int32))
     local = {"taken": jnp.int32(0), "steps": jnp.int32(0)}
     cols = jnp.arange(max_new, dtype=jnp.int32)
     slot_ids_all = jnp.arange(big_n, dtype=jnp.int32)
@@ -728,11 +771,15 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
     def waiting(st, lc):
         return (st["buf_next"] < st["buf_total"]) | (lc["taken"] < queue_count)
 
-    def record(st, slot_ids, keys, t, logits, live):
+    def record(st, slot_ids, keys, t, logits, live, forced):
         """Samples position t ([M] or scalar) of the rows in `slot_ids` ([M], those where
-        `live` is False skipped) into their slots' outputs; returns (state, tokens [M],
-        stopped-or-full [M])."""
+        `live` is False skipped) into their slots' outputs; `forced` is the rows'
+        budget-forcing state ([M] each; None without `bf`). Returns (state, tokens [M],
+        stopped-or-full [M], the rows' budget-forcing state after this position)."""
         tok, logp, slogp = sample(logits, _at(keys, t), sp)
+        if bf is not None:
+            tok, logp, slogp, forced = budget_lib.force(bf, forced, t, tok, logits, logp,
+                                                        slogp)
         target = jnp.where(live, slot_ids, big_n)  # out of range: dropped
         stopped = jnp.isin(tok, stop_ids)
         st = dict(st)
@@ -741,7 +788,7 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
         st["sample_logp"] = st["sample_logp"].at[target, t].set(slogp, mode="drop")
         st["finish"] = st["finish"].at[target].set(jnp.where(stopped, STOP, LENGTH),
                                                    mode="drop")
-        return st, tok, stopped | (t + 1 >= max_new)
+        return st, tok, stopped | (t + 1 >= max_new), forced
 
     def retire(st, done, finished):
         """Copies the rows of the slots where `finished` ([N]) to the done buffer (padding
@@ -762,8 +809,11 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
             for name, fill in (("tokens", pad_id), ("logp", 0.0), ("sample_logp", 0.0)):
                 row = jnp.where(keep, pick(st[name]), jnp.asarray(fill, st[name].dtype))
                 done[name] = lax.dynamic_update_slice(done[name], row[None], (idx, 0))
-            for name, value in (("row", pick(st["row"])), ("lengths", length),
-                                ("finish", pick(st["finish"]))):
+            scalars = (("row", pick(st["row"])), ("lengths", length),
+                       ("finish", pick(st["finish"])))
+            if bf is not None:
+                scalars += (("waits", pick(st["bf_waits"])),)
+            for name, value in scalars:
                 done[name] = lax.dynamic_update_slice(done[name], value[None], (idx,))
             return done
 
@@ -803,10 +853,12 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
                                             slot_ids, count, keys_t))
         rows = st["buf_prompt"] * n + local_row
         keys = _row_keys(key, rows, n)
-        st, tok, fin = record(st, slot_ids, keys, jnp.int32(0), st["buf_logits"][prompt],
-                              placed)
+        fresh = budget_lib.init_state(m) if bf is not None else None
+        st, tok, fin, forced = record(st, slot_ids, keys, jnp.int32(0),
+                                      st["buf_logits"][prompt], placed, fresh)
         for name, value in (("row", rows), ("key", keys), ("pos", st["buf_lens"][prompt]),
-                            ("t", jnp.ones_like(rows)), ("tok", tok)):
+                            ("t", jnp.ones_like(rows)), ("tok", tok)) + tuple(
+                                (forced or {}).items()):
             st[name] = st[name].at[slot_ids].set(value, mode="drop")
         st["buf_next"] = st["buf_next"] + count
         finished = jnp.zeros((big_n,), bool).at[slot_ids].set(fin, mode="drop")
@@ -825,9 +877,12 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
         logits, cache = _decode_step(layer_params, head_params, st["cache"], st["tok"], pos,
                                      cfg, sharding, keys_t)
         st = dict(st, cache=cache)
-        st, tok, fin = record(st, slot_ids_all, st["key"], st["t"], logits, live)
+        forced = {k: st[k] for k in budget_lib.STATE_KEYS} if bf is not None else None
+        st, tok, fin, forced = record(st, slot_ids_all, st["key"], st["t"], logits, live,
+                                      forced)
         st.update(pos=st["pos"] + 1, t=st["t"] + 1, tok=tok, steps=st["steps"] + 1,
                   slot_steps=st["slot_steps"] + jnp.sum(live).astype(jnp.int32))
+        st.update(forced or {})  # free slots' counters are reset when a row enters
         st, done = retire(st, done, live & fin)
         return st, done, dict(lc, steps=lc["steps"] + 1)
 
