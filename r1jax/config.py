@@ -541,6 +541,38 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTStage:
+    """One stage of an SFT curriculum (`sft.stages`): its conversations, passes and filters.
+
+    source: a JSONL / Parquet conversation file (relative to `data.data_dir` when set).
+    epochs: passes over the stage's (filtered) conversations before the next stage.
+    layout: its conversation layout or recipe (None: `sft.layout`).
+    where: field -> [low, high] (inclusive numeric range) or a list of allowed values; a
+      conversation is kept when each named top-level field of its row satisfies its test
+      (e.g. {"difficulty": [5, 10]}); rows lacking a field are dropped and counted.
+    pass_rates, pass_rate_min, pass_rate_max: keep only conversations whose row `id` has a
+      pass rate in the range in this `pass_rates.jsonl` (r1jax-rejection-sample).
+    """
+
+    source: str
+    epochs: int = 1
+    layout: Optional[str] = None
+    where: dict = dataclasses.field(default_factory=dict)
+    pass_rates: Optional[str] = None
+    pass_rate_min: float = 0.0
+    pass_rate_max: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _check(self.epochs >= 1, path, "epochs", "must be >= 1")
+        _check(0.0 <= self.pass_rate_min <= self.pass_rate_max <= 1.0, path, "pass_rate_min",
+               f"need 0 <= pass_rate_min <= pass_rate_max <= 1, got "
+               f"[{self.pass_rate_min}, {self.pass_rate_max}]")
+        for field, test in self.where.items():
+            ok = isinstance(test, (list, tuple)) and len(test) > 0
+            _check(ok, path, f"where.{field}", "must be [low, high] or a list of values")
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTConfig:
     """Supervised fine-tuning: `r1jax-sft`'s run, and the RL trainer's warm start.
 
@@ -554,7 +586,9 @@ class SFTConfig:
     into rows of `max_len` tokens; `steps` steps, or with steps 0 `epochs` passes over the
     data; an example longer than max_len is cut ("truncate") or left out ("drop"), and
     counted; `microbatches` gradient-accumulation pieces; the optimizer is the `optim`
-    section.
+    section. `stages`: a curriculum of SFTStage entries trained one after the other, each for
+    its own epochs (then `data.source` and `epochs` are unused; with steps 0 the run ends
+    with the last stage).
     """
 
     steps: int = 0
@@ -569,6 +603,7 @@ class SFTConfig:
     layout: str = "auto"
     fields: dict = dataclasses.field(default_factory=dict)
     microbatches: int = 1
+    stages: tuple[SFTStage, ...] = ()
 
     def validate(self, path: str) -> None:
         _check(self.steps >= 0, path, "steps", "must be >= 0")
@@ -747,6 +782,19 @@ def mixture_task(**values: Any) -> Any:
     entry = ConfigDict(_config_section(MixtureSource, None))
     for key, value in values.items():
         entry[key] = float(value) if key == "weight" else value
+    return entry
+
+
+def sft_stage(**values: Any) -> Any:
+    """One `sft.stages` entry for a config file (every SFTStage field present, so the
+    command line can set any of its keys: `--config.sft.stages[1].epochs=3`)."""
+    from ml_collections import ConfigDict
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(SFTStage)})
+    if unknown:
+        raise ConfigError(f"unknown config key 'sft.stages[].{unknown[0]}'")
+    entry = ConfigDict(_config_section(SFTStage, None))
+    for key, value in values.items():
+        entry[key] = float(value) if key.startswith("pass_rate_") else value
     return entry
 
 

@@ -15,6 +15,7 @@ so a resumed run continues with exactly the conversations the stopped one would 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +31,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import builder, checkpoint, sft
-from r1jax.config import (ConfigError, RunConfig, check_resume, config_args, load_config,
-                          to_dict)
+from r1jax.config import (ConfigError, RunConfig, SFTStage, check_resume, config_args,
+                          load_config, to_dict)
 from r1jax.data.conversations import load_conversations
+from r1jax.data.pass_rates import read_pass_rates
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
 from r1jax.models.decoder import Decoder, param_shardings
@@ -42,34 +44,99 @@ from r1jax.rl.update import make_optimizer, make_schedule
 log = logging.getLogger("r1jax.sft")
 
 
-def load_sft_examples(cfg: RunConfig) -> tuple[list[dict], Any]:
-    """Conversations of `data.source`: a JSONL / Parquet file in `sft.layout`, or a dataset
-    name of r1jax.data (a benchmark or generated task) whose examples have a `solution`,
-    as one user turn (the question) and one assistant turn (the solution)."""
+def load_sft_examples(cfg: RunConfig, source: Optional[str] = None,
+                      layout: Optional[str] = None, keep: Sequence[str] = ()
+                      ) -> tuple[list[dict], Any]:
+    """Conversations of `source` (default `data.source`): a JSONL / Parquet file in `layout`
+    (default `sft.layout`), or a dataset name of r1jax.data (a benchmark or generated task)
+    whose examples have a `solution`, as one user turn (the question) and one assistant turn
+    (the solution). Each example keeps the row's fields named in `keep` under "row" (a
+    dataset example keeps all of its fields)."""
     d = cfg.data
-    path = d.source
+    path = source or d.source
     if d.data_dir and not os.path.isabs(path):
         path = os.path.join(d.data_dir, path)
     if os.path.splitext(path.removesuffix(".gz"))[1].lower() in (".jsonl", ".json",
                                                                  ".parquet"):
-        return load_conversations(path, cfg.sft.layout, cfg.sft.fields, strict=d.strict,
-                                  limit=d.limit)
-    source = builder.build_train_source(d)
+        return load_conversations(path, layout or cfg.sft.layout, cfg.sft.fields,
+                                  strict=d.strict, limit=d.limit, keep=keep)
+    data_cfg = d if source is None else dataclasses.replace(d, source=source)
+    dataset = builder.build_train_source(data_cfg)
     out = []
-    for i in range(len(source)):
-        ex = source[i]
+    for i in range(len(dataset)):
+        ex = dataset[i]
         if not ex.get("solution"):
-            raise ConfigError(f"data.source {d.source!r}: example {ex.get('id')!r} has no "
-                              "`solution` to train on (give a conversation file instead)")
-        out.append({"id": ex.get("id", i),
+            raise ConfigError(f"data source {data_cfg.source!r}: example {ex.get('id')!r} has "
+                              "no `solution` to train on (give a conversation file instead)")
+        out.append({"id": ex.get("id", i), "row": dict(ex),
                     "messages": [{"role": "user", "content": ex["question"]},
                                  {"role": "assistant", "content": ex["solution"]}]})
     return out, None
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(size)
+def _where_test(value: Any, test: Sequence) -> bool:
+    """`where` semantics: [low, high] of numbers is an inclusive range, else allowed values."""
+    numeric = len(test) == 2 and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                     for t in test)
+    if not numeric:
+        return value in list(test)
+    if isinstance(value, str):  # numbers written as text ("12") compare as numbers
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and test[0] <= value <= test[1]
+
+
+def filter_stage(examples: list[dict], stage: SFTStage) -> tuple[list[dict], dict]:
+    """The conversations of a curriculum stage that pass its `where` tests and pass-rate
+    range, and the drop counts ("where_missing", "where_rejected", "no_pass_rate",
+    "pass_rate_out_of_range")."""
+    counts = dict.fromkeys(("where_missing", "where_rejected", "no_pass_rate",
+                            "pass_rate_out_of_range"), 0)
+    rates = read_pass_rates(stage.pass_rates) if stage.pass_rates else None
+    kept = []
+    for ex in examples:
+        row = ex.get("row", {})
+        missing = [f for f in stage.where if f not in row]
+        if missing:
+            counts["where_missing"] += 1
+            continue
+        if not all(_where_test(row[f], t) for f, t in stage.where.items()):
+            counts["where_rejected"] += 1
+            continue
+        if rates is not None:
+            rate = rates.get(str(ex["id"]))
+            if rate is None:
+                counts["no_pass_rate"] += 1
+                continue
+            if not stage.pass_rate_min <= rate <= stage.pass_rate_max:
+                counts["pass_rate_out_of_range"] += 1
+                continue
+        kept.append(ex)
+    return kept, counts
+
+
+def load_stage(cfg: RunConfig, stage: SFTStage, index: int) -> tuple[list[dict], dict]:
+    """The filtered conversations of curriculum stage `index` and its drop counts.
+
+    Raises:
+      ConfigError: the stage has no conversation left.
+    """
+    examples, _ = load_sft_examples(cfg, stage.source, stage.layout, keep=list(stage.where))
+    kept, counts = filter_stage(examples, stage)
+    counts = dict(counts, loaded=len(examples))
+    if not kept:
+        raise ConfigError(f"sft.stages[{index}] ({stage.source}): no conversation left after "
+                          f"its filters ({counts})")
+    return kept, counts
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(size: int, seed: int, epoch: int, stage: Optional[int] = None) -> np.ndarray:
+    key = [seed, epoch] if stage is None else [seed, epoch, stage]
+    return np.random.default_rng(key).permutation(size)
 
 
 def stream_indices(position: int, count: int, size: int, seed: int) -> list[int]:
@@ -77,6 +144,24 @@ def stream_indices(position: int, count: int, size: int, seed: int) -> list[int]
     the permutation of range(size) drawn with seed (seed, e)."""
     return [int(_epoch_order(size, seed, k // size)[k % size])
             for k in range(position, position + count)]
+
+
+def curriculum_indices(position: int, count: int, sizes: Sequence[int],
+                       epochs: Sequence[int], seed: int) -> list[tuple[int, int]]:
+    """(stage, example) at stream positions [position, position + count) of a curriculum.
+
+    Stage k takes the next epochs[k] x sizes[k] positions; its epoch e is the permutation of
+    range(sizes[k]) drawn with seed (seed, e, k). Positions past the last stage continue
+    the last stage's epochs.
+    """
+    bounds = np.cumsum([0] + [e * n for e, n in zip(epochs, sizes)])
+    out = []
+    for p in range(position, position + count):
+        k = min(int(np.searchsorted(bounds, p, side="right")) - 1, len(sizes) - 1)
+        local = p - int(bounds[k])
+        out.append((k, int(_epoch_order(sizes[k], seed, local // sizes[k], k)[
+            local % sizes[k]])))
+    return out
 
 
 class SFTRun:
@@ -96,9 +181,20 @@ class SFTRun:
             raise ConfigError("r1jax-sft renders conversations with the tokenizer's chat "
                               f"template, and {cfg.model.tokenizer or cfg.model.path!r} has "
                               "none")
-        self.examples, self.load_stats = load_sft_examples(cfg)
-        self.steps_per_epoch = math.ceil(len(self.examples) / s.batch_size)
-        self.total_steps = s.steps or s.epochs * self.steps_per_epoch
+        self.stages: list[list[dict]] = []
+        self.stage_counts: list[dict] = []
+        if s.stages:
+            for k, stage in enumerate(s.stages):
+                examples, counts = load_stage(cfg, stage, k)
+                self.stages.append(examples)
+                self.stage_counts.append(counts)
+            self.examples = [ex for stage in self.stages for ex in stage]
+            stream = sum(st.epochs * len(ex) for st, ex in zip(s.stages, self.stages))
+            self.total_steps = s.steps or math.ceil(stream / s.batch_size)
+        else:
+            self.examples, self.load_stats = load_sft_examples(cfg)
+            self.total_steps = s.steps or s.epochs * math.ceil(len(self.examples)
+                                                                / s.batch_size)
         if self.total_steps < 1:
             raise ConfigError("set sft.steps or sft.epochs (both are 0)")
         model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
@@ -131,6 +227,7 @@ class SFTRun:
             async_save=cfg.train.async_checkpoint)
         self.step = 0
         self.position = 0  # conversations of the stream consumed
+        self.stage = 0  # the curriculum stage of the last batch
         self.summary: dict = {}
         self._stop_requested = False
 
@@ -140,10 +237,17 @@ class SFTRun:
         the batch's rows are padded (with empty rows) to a power of two times (microbatches x
         batch parallelism), so few shapes compile."""
         s = self.cfg.sft
-        idx = stream_indices(self.position, s.batch_size, len(self.examples), s.seed)
+        if self.stages:
+            idx = curriculum_indices(self.position, s.batch_size,
+                                     [len(x) for x in self.stages],
+                                     [st.epochs for st in s.stages], s.seed)
+            chosen = [self.stages[k][i] for k, i in idx]
+            self.stage = idx[-1][0]
+        else:
+            chosen = [self.examples[i] for i in stream_indices(
+                self.position, s.batch_size, len(self.examples), s.seed)]
         self.position += s.batch_size
-        rendered = [sft.render_conversation(self.tokenizer, self.examples[i]["messages"])
-                    for i in idx]
+        rendered = [sft.render_conversation(self.tokenizer, ex["messages"]) for ex in chosen]
         return sft.pack_batch(rendered, s.max_len, row_unit=self.row_unit, pad_id=self.pad_id,
                               overflow=s.overflow)
 
@@ -160,7 +264,8 @@ class SFTRun:
                 "sft/truncated": float(stats.truncated), "sft/dropped": float(stats.dropped),
                 "sft/rows": float(stats.rows), "sft/packing_efficiency": stats.efficiency,
                 "sft/batch_rows": float(batch.tokens.shape[0]),
-                "epoch": self.position / len(self.examples),
+                **({"sft/stage": float(self.stage)} if self.stages else
+                   {"epoch": self.position / len(self.examples)}),
                 "time/step_s": time.perf_counter() - start}
 
     def save(self, wait: bool = False) -> None:
@@ -203,6 +308,9 @@ class SFTRun:
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     self.save()
             self.summary.update(steps=self.step, examples=len(self.examples))
+            if self.stages:
+                self.summary["stages"] = [dict(c, examples=len(x)) for c, x in
+                                          zip(self.stage_counts, self.stages)]
             self.save(wait=True)
             if cfg.train.export_hf:
                 self.summary["export"] = self.export(os.path.join(self.run_dir, "export"))

@@ -21,7 +21,7 @@ Rows that do not fit their layout are skipped and counted (`LoadStats`), or rais
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from r1jax.data.sources import BadRow, LoadStats, load_examples
 
@@ -102,14 +102,21 @@ def to_messages(row: dict, layout: str, fields: Optional[dict] = None) -> list[d
 
 
 def load_conversations(path: str, layout: str = "auto", fields: Optional[dict] = None, *,
-                       strict: bool = False, limit: Optional[int] = None
-                       ) -> tuple[list[dict], LoadStats]:
-    """Conversations of a JSONL / Parquet file; `layout` a LAYOUTS name or a RECIPES name."""
+                       strict: bool = False, limit: Optional[int] = None,
+                       keep: Sequence[str] = ()) -> tuple[list[dict], LoadStats]:
+    """Conversations of a JSONL / Parquet file; `layout` a LAYOUTS name or a RECIPES name.
+
+    Each example is {"messages", "id" (the row's `id` when it is a string or an integer,
+    else the row number), "row": {name: the row's value} for the names in `keep` present}.
+    """
     layout = RECIPES.get(layout, layout)
     if layout not in LAYOUTS:
         raise ValueError(f"unknown conversation layout {layout!r} (layouts: {LAYOUTS}; "
                          f"recipes: {tuple(RECIPES)})")
 
     def recipe(row: Any, number: int) -> dict:
-        return {"messages": to_messages(row, layout, fields), "id": number}
+        given = row.get("id")
+        return {"messages": to_messages(row, layout, fields),
+                "id": given if isinstance(given, (str, int)) else number,
+                "row": {name: row[name] for name in keep if name in row}}
     return load_examples(path, recipe, strict=strict, limit=limit)
