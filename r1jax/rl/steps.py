@@ -75,7 +75,17 @@ class RLSteps:
                                 self.max_response_len)
         self._update = jax.jit(update, donate_argnums=0,
                                out_shardings=(self.state_sharding, None))
-        self._logprobs = jax.jit(make_logprob_fn(model_cfg, sharding, 1.0))
+        logprob_fn = make_logprob_fn(model_cfg, sharding, 1.0)
+        self._logprobs = jax.jit(logprob_fn)
+
+        def chunk_logprobs(params, batch, start, *, size):
+            rows = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), batch)
+            return logprob_fn(params, rows)
+        self._chunk_logprobs = jax.jit(chunk_logprobs, static_argnames="size")
+        self._rows = jax.jit(
+            lambda batch, start, size: jax.tree.map(
+                lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), batch),
+            static_argnums=2)
 
     @property
     def params(self) -> Any:
@@ -172,8 +182,9 @@ class RLSteps:
         for _ in range(algo.num_iterations):
             for m in range(algo.minibatches):
                 lr = float(self.schedule(int(self.state["step"])))
-                self.state, metrics = self._update(self.state, batch.rows(m * rows,
-                                                                          (m + 1) * rows))
+                self.state, metrics = self._update(
+                    self.state, self._rows(batch, jnp.int32(m * rows), rows))
+                _wait_on_cpu(metrics)
                 collected.append(dict(metrics, lr=lr))
         out = summarize_updates(jax.device_get(collected), algo.minibatches,
                                 float(jnp.sum(batch.valid_rows)))
@@ -189,8 +200,12 @@ class RLSteps:
         chunk = max(rows // (algo.minibatches * algo.microbatches), 1)
         if chunk >= rows:
             return self._logprobs(params, batch)
-        return jnp.concatenate([self._logprobs(params, batch.rows(a, a + chunk))
-                                for a in range(0, rows, chunk)], axis=0)
+        # One program per chunk (the rows are sliced inside it), see `_wait_on_cpu`.
+        out = []
+        for a in range(0, rows, chunk):
+            out.append(_wait_on_cpu(self._chunk_logprobs(params, batch, jnp.int32(a),
+                                                         size=chunk)))
+        return jnp.concatenate(out, axis=0)
 
     def sft_program(self, cfg: SFTConfig) -> tuple[Any, Any, Any]:
         """(init, update, state shardings) of the warm start's own optimizer."""
@@ -371,3 +386,17 @@ def task_filter_metrics(gens: list) -> dict:
             out[key] = out.get(key, 0.0) + 1.0
             out.setdefault(other, 0.0)
     return out
+
+
+def _wait_on_cpu(x: Any) -> Any:
+    """`x` once computed when the backend is a multi-device CPU, else `x` at once.
+
+    XLA:CPU runs a multi-device program as one thread per device, and with several
+    collective programs in flight at once on an oversubscribed host their participants have
+    been seen to deadlock in a collective rendezvous (7 of 8 waiting in an all-reduce, the
+    8th waiting for an execution slot). The step's chunked passes run one after the other
+    on any backend, so waiting for each costs only the dispatch overlap, and only on CPU.
+    """
+    if jax.device_count() > 1 and jax.devices()[0].platform == "cpu":
+        jax.block_until_ready(x)
+    return x

@@ -14,6 +14,7 @@ import pytest
 from r1jax import sft_run
 from r1jax.config import load_config
 from r1jax.metrics import read_metrics
+from tests.xla_env import cpu_xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "sft", "generic.py")
@@ -22,7 +23,7 @@ SFT = os.path.join(os.path.dirname(sys.executable), "r1jax-sft")
 
 def test_tiny_variant_from_the_command_line(tmp_path, data_dir):
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8",  # fsdp over 8
+               XLA_FLAGS=cpu_xla_flags(8),  # fsdp over 8
                JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
     run_dir = tmp_path / "run"
     done = subprocess.run([SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}",
@@ -148,7 +149,7 @@ def test_a_conversation_file_on_one_device_with_field_mapping_and_drops(tmp_path
     too_long = sum(n > 96 for n in lengths)
     assert 0 < too_long < 16
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               XLA_FLAGS=cpu_xla_flags(1),
                JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
     run_dir = tmp_path / "run"
     done = subprocess.run(

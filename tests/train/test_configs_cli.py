@@ -17,6 +17,7 @@ import pytest
 
 from r1jax.config import load_config
 from r1jax.metrics import read_metrics
+from tests.xla_env import cpu_xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -27,7 +28,7 @@ MESHES = {1: [], 8: ["--config.mesh.fsdp=4", "--config.mesh.tensor=2"]}
 
 def run_cli(config: str, devices: int, run_dir: str, data_dir: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               XLA_FLAGS=cpu_xla_flags(devices),
                JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     cmd = [TRAIN, f"--config=configs/{config}:tiny", f"--config.train.run_dir={run_dir}",

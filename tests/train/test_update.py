@@ -129,8 +129,10 @@ def test_log_prob_pass_in_row_chunks_equals_a_plain_forward(minibatches, microba
     steps = RLSteps(CFG, run_config_from(c), sharding, params)
     batch = make_batch(seed=3)
     calls = []
-    plain = steps._logprobs
+    plain, chunked = steps._logprobs, steps._chunk_logprobs
     steps._logprobs = lambda p, b: calls.append(b.tokens.shape[0]) or plain(p, b)
+    steps._chunk_logprobs = lambda p, b, a, size: calls.append(size) or chunked(p, b, a,
+                                                                               size=size)
     got = np.asarray(steps.logprobs(steps.params, jax.device_put(batch, steps.batch_sharding)))
     assert calls == [16 // (minibatches * microbatches)] * (minibatches * microbatches)
     # Reference: log_softmax of a plain full-sequence forward, at the completion columns.

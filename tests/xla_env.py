@@ -1,0 +1,16 @@
+"""XLA_FLAGS for the CPU test processes (tests/conftest.py and the command lines tests start).
+
+`devices` simulated host devices. On CPU every collective is a rendezvous of one thread per
+device, and XLA aborts the process ("Fatal Python error: Aborted" from AwaitAndLogIfStuck)
+when a participant has not arrived within a terminate timeout. On a 2-core machine running
+two test workers and their subprocesses, a participant can wait that long for a core, so
+the tests raise the warn / terminate timeouts far above any step's duration; a real
+deadlock still ends at the pytest-level timeouts.
+"""
+
+COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=300 "
+                       "--xla_cpu_collective_call_terminate_timeout_seconds=3600")
+
+
+def cpu_xla_flags(devices: int = 8) -> str:
+    return f"--xla_force_host_platform_device_count={devices} {COLLECTIVE_TIMEOUTS}"
