@@ -24,12 +24,20 @@ DEMO = os.path.join(ROOT, "configs", "demo_cpu.py")
 # only once a config file made the element), as rewards.functions[0] is on the demo.
 MIXTURE = os.path.join(ROOT, "configs", "mixture_math_code_logic.py")
 
+# The curriculum's stages likewise, on the shipped config that has them.
+CURRICULUM = os.path.join(ROOT, "configs", "sft", "light_r1.py")
+
 BASE = r1jax.load_config(DEMO)
 MIXTURE_BASE = r1jax.load_config(MIXTURE)
+CURRICULUM_BASE = r1jax.load_config(CURRICULUM)
 
 
 def config_for(key):
-    return (MIXTURE, MIXTURE_BASE) if key.startswith("data.mixture") else (DEMO, BASE)
+    if key.startswith("data.mixture"):
+        return MIXTURE, MIXTURE_BASE
+    if key.startswith("sft.stages"):
+        return CURRICULUM, CURRICULUM_BASE
+    return DEMO, BASE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,11 @@ CASES = {
     "algo.minibatches": Case(4),
     "optim.schedule": Case("cosine"),
     "sft.overflow": Case("drop"),
+    "sft.stages": Case((r1jax.config.SFTStage("a.jsonl", epochs=2),),
+                       overrides=("sft.stages=[{'source': 'a.jsonl', 'epochs': 2}]",)),
+    "sft.stages[0].where": Case({"level": [1, 3]},
+                                overrides=("sft.stages[0].where={'level': [1, 3]}",)),
+    "sft.stages[0].pass_rate_min": Case(0.25),
     "sft.fields": Case({"prompt": "question", "response": "answer"}),
     "train.prompts_per_step": Case(32),
     "train.wandb_mode": Case("online"),

@@ -101,3 +101,34 @@ def test_a_stage_with_nothing_left_is_an_error_naming_it(tmp_path, monkeypatch, 
         SFTStage(str(easy), where={"level": [5, 9]}),)))
     with pytest.raises(ConfigError, match=r"sft.stages\[0\].*no conversation left"):
         sft_run.SFTRun(cfg)
+
+
+def test_shipped_light_r1_tiny_from_the_command_line(tmp_path, data_dir):
+    """configs/sft/light_r1.py:tiny: 64 one-digit sums, then the sums with a carry twice."""
+    import os
+    import subprocess
+    import sys
+
+    from r1jax.data.arithmetic import generate_arithmetic
+    from tests.xla_env import cpu_xla_flags
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sft_cli = os.path.join(os.path.dirname(sys.executable), "r1jax-sft")
+    env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=cpu_xla_flags(8))
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sft_cli, "--config=configs/sft/light_r1.py:tiny",
+                           f"--config.train.run_dir={run_dir}",
+                           "--config.train.progress_bar=False"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    sums = generate_arithmetic(64, split="train", terms=2, digits=1).examples
+    carries = sum(int(e["answer"]) >= 10 for e in sums)  # counted here, not by the filter
+    assert summary["stages"][0]["examples"] == 64
+    assert summary["stages"][1]["examples"] == carries
+    assert summary["stages"][1]["where_rejected"] == 64 - carries
+    steps = math.ceil((64 + 2 * carries) / 8)
+    assert summary["steps"] == steps
+    rows = [r for r in read_metrics(str(run_dir)) if "sft/loss" in r]
+    assert [r["sft/stage"] for r in rows] == [0.0 if 8 * k <= 64 else 1.0
+                                              for k in range(1, steps + 1)]
