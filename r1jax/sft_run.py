@@ -35,6 +35,7 @@ from r1jax.config import (ConfigError, RunConfig, SFTStage, check_resume, config
                           load_config, to_dict)
 from r1jax.data.conversations import load_conversations
 from r1jax.data.pass_rates import read_pass_rates
+from r1jax.evaluation.held_out import HeldOut
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
 from r1jax.models.decoder import Decoder, param_shardings
@@ -199,6 +200,7 @@ class SFTRun:
             raise ConfigError("set sft.steps or sft.epochs (both are 0)")
         model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
         self.model_config = model.config
+        self.held_out, self._pool = self._held_out(model), None
         self._source = (model.source_dir, model.source_config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
@@ -230,6 +232,37 @@ class SFTRun:
         self.stage = 0  # the curriculum stage of the last batch
         self.summary: dict = {}
         self._stop_requested = False
+
+    def _held_out(self, model: Decoder) -> Optional[HeldOut]:
+        """The periodic held-out evaluation (`eval.source`, `eval.every`), or None."""
+        cfg = self.cfg
+        if cfg.eval.source is None:
+            return None
+        from r1jax.data.templates import make_template
+        from r1jax.models.tokenizer import stop_token_ids
+        from r1jax.sampling import Sampler
+        stops = stop_token_ids(self.tokenizer, cfg.model.path)
+        pad = self.tokenizer.pad_token_id
+        sampler = Sampler(model, max_prompt_len=cfg.data.max_prompt_tokens,
+                          max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+                          eos_token_ids=stops, pad_id=stops[0] if pad is None else pad,
+                          truncate_prompts=True)
+        self._pool = builder.build_reward_pool(cfg.rewards, cfg.data)
+        return HeldOut(cfg, self.tokenizer, make_template(cfg.data.template,
+                                                          cfg.data.system_prompt),
+                       sampler, self._pool)
+
+    def evaluate(self, tag: str, writer: MetricsWriter) -> Optional[dict]:
+        """Held-out evaluation of the current parameters, logged as `eval/*` at this step."""
+        if self.held_out is None:
+            return None
+        report = self.held_out(self.state["params"], tag, self.run_dir)
+        if report:
+            writer.write(self.step, {f"eval/{k}": v for k, v in report.items()},
+                         advance=False)
+            writer.note(f"held-out {tag}: pass@1 {report['pass@1']:.3f} over "
+                        f"{report['problems']} problems")
+        return report
 
     # ------------------------------------------------------------------------------------
     def next_batch(self) -> tuple[sft.SFTBatch, sft.PackStats]:
@@ -295,6 +328,8 @@ class SFTRun:
                                        start_step=self.step)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
+            if self.step == 0 and self.held_out is not None:
+                self.summary["eval_before"] = self.evaluate("before_sft", writer)
             while self.step < self.total_steps:
                 metrics = self.train_step()
                 writer.write(self.step, metrics)
@@ -305,8 +340,17 @@ class SFTRun:
                     self.save(wait=True)
                     self.summary["stopped_at"] = self.step
                     return self.summary
+                if cfg.eval.every and self.step % cfg.eval.every == 0 \
+                        and self.step < self.total_steps:
+                    self.evaluate(f"step_{self.step}", writer)
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     self.save()
+            if self.held_out is not None:
+                after = self.summary["eval_after"] = self.evaluate("after_sft", writer)
+                before = self.summary.get("eval_before")
+                if before and after:
+                    self.summary["accuracy_gain_points"] = 100 * (after["pass@1"]
+                                                                  - before["pass@1"])
             self.summary.update(steps=self.step, examples=len(self.examples))
             if self.stages:
                 self.summary["stages"] = [dict(c, examples=len(x)) for c, x in
@@ -324,6 +368,8 @@ class SFTRun:
             self.checkpointer.wait()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         self.checkpointer.close()
 
     def export(self, out_dir: str) -> str:

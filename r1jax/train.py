@@ -24,7 +24,7 @@ from r1jax import builder, checkpoint
 from r1jax.config import (ConfigError, RunConfig, check_resume, config_args, load_config,
                           to_dict)
 from r1jax.data import make_prompt_iterator
-from r1jax.evaluation.evaluate import evaluate, write_results
+from r1jax.evaluation.held_out import HeldOut
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
 from r1jax.models.decoder import Decoder
@@ -82,7 +82,7 @@ class Trainer:
             self.data = make_prompt_iterator(
                 self.train_source, self.tokenizer, self._template(), gen_prompts,
                 cfg.data.seed, shard, shards, cfg.data.max_prompt_tokens)
-        self.eval_problems = self._eval_problems()
+        self.held_out = HeldOut(cfg, self.tokenizer, self._template(), self.sampler, self.pool)
         self.rl = steps.RLSteps(self.model_config, cfg, self.sharding, model.params)
         del model  # its arrays now belong to the train state (donated by the update)
         self.checkpointer = checkpoint.Checkpointer(
@@ -100,33 +100,13 @@ class Trainer:
         from r1jax.data.templates import make_template
         return make_template(self.cfg.data.template, self.cfg.data.system_prompt)
 
-    def _eval_problems(self) -> Optional[list]:
-        source = builder.build_eval_source(self.cfg.eval, self.cfg.data)
-        if source is None:
-            return None
-        it = make_prompt_iterator(source, self.tokenizer, self._template(), 1, 0,
-                                  max_prompt_tokens=self.cfg.data.max_prompt_tokens,
-                                  num_epochs=1)
-        problems = [batch[0] for batch in it]
-        return sorted(problems, key=lambda p: p["id"])
-
     def _seed(self, step: int, gen_batch: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + step * 1009 + gen_batch) % (2**31 - 1)
 
     # ------------------------------------------------------------------------------------
     def evaluate(self, tag: str) -> Optional[dict]:
         """Held-out evaluation with the current params; writes eval/<tag>.json(l)."""
-        if not self.eval_problems:
-            return None
-        e = self.cfg.eval
-        result = evaluate(self.sampler, self.tokenizer, self.eval_problems, self.pool,
-                          accuracy_name=self.cfg.rewards.accuracy, params=self.rl.params,
-                          n=e.n, temperature=e.temperature, top_p=e.top_p,
-                          max_new_tokens=e.max_new_tokens or self.cfg.rollout.max_new_tokens,
-                          seed=e.seed)
-        if jax.process_index() == 0:
-            write_results(os.path.join(self.run_dir, "eval"), tag, result)
-        return result.report
+        return self.held_out(self.rl.params, tag, self.run_dir)
 
     def save(self, wait: bool = False) -> None:
         meta = {"step": self.step, "summary": self.summary, "config": to_dict(self.cfg)}
