@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check -q
 # pull several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench-sampler bench-step clean
+.PHONY: demo pipeline test bench-sampler bench-step clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ $(VENV)/.test: $(VENV)/.core
 # and writes runs/demo_cpu/curves.png.
 demo: $(VENV)/.core
 	JAX_PLATFORMS=cpu $(VENV)/bin/r1jax-train --config=configs/demo_cpu.py
+
+# The R1 pipeline on the demo task: cold-start SFT -> DAPO -> rejection sampling -> SFT -> RL,
+# held-out accuracy after each stage, runs/pipeline/stages.png.
+pipeline: $(VENV)/.core
+	JAX_PLATFORMS=cpu $(PY) -m r1jax.pipeline --run_dir=runs/pipeline
 
 bench-sampler: $(VENV)/.test
 	JAX_PLATFORMS=cpu $(PY) -m r1jax.benchmarks.sampler
