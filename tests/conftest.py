@@ -15,6 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and XLA aborts deserializing the truncated executable (seen: "Fatal Python error: Aborted"
 # in an eager op of a loaded 2-core run). Subprocesses inherit the limit from here.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
+# The TPU ahead-of-time tests and r1jax-fit load libtpu for compile-only devices in several
+# processes at once (the test workers, fit's spawned process); libtpu's per-host lock file
+# would refuse all but one ("Internal error when accessing libtpu multi-process lockfile").
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
