@@ -17,6 +17,8 @@ PANELS = (
     ("policy/clip_frac", "clip fraction"),
     ("eval/pass@1", "held-out pass@1"),
     ("dynamic_sampling/frac_dropped", "groups dropped (dynamic sampling)"),
+    ("sft/loss", "SFT loss (assistant tokens)"),
+    ("sft/packing_efficiency", "SFT packing efficiency"),
 )
 
 

@@ -359,6 +359,11 @@ class SFTRun:
             if cfg.train.export_hf:
                 self.summary["export"] = self.export(os.path.join(self.run_dir, "export"))
             if jax.process_index() == 0:
+                try:
+                    from r1jax import plot
+                    self.summary["plot"] = plot.plot_run(self.run_dir)
+                except ImportError as e:  # matplotlib missing: the run itself is complete
+                    log.warning("no curves PNG: %s", e)
                 with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
                     json.dump(self.summary, f, indent=2, default=float)
             return self.summary

@@ -42,6 +42,8 @@ def test_tiny_variant_from_the_command_line(tmp_path, data_dir):
         # Padded with empty rows to a power of two times the 8 devices' batch parallelism.
         assert r["sft/batch_rows"] == 8 * 2 ** np.ceil(np.log2(np.ceil(r["sft/rows"] / 8)))
     assert os.path.isfile(run_dir / "export" / "config.json")
+    with open(summary["plot"], "rb") as f:  # run_dir/curves.png: the loss curve
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.isfile(run_dir / "export" / "tokenizer_config.json")
     # A missing data file is a clear error naming it, exit status 2.
     bad = subprocess.run([SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}2",
