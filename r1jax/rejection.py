@@ -347,6 +347,10 @@ def run(a: argparse.Namespace, stop: Any = lambda: False) -> dict:
     from r1jax.sampling import Sampler
 
     _check_args(a)
+    import jax
+    if jax.process_count() > 1:
+        raise UsageError(f"r1jax-rejection-sample runs on one host for now (this job has "
+                         f"{jax.process_count()} processes)")
     policy = pol.load_policy(a, pol.mesh_from_flag(a.mesh))
     job = _job(a, policy)
     if not job.problems:
