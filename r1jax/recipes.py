@@ -96,6 +96,20 @@ def tiny_chat_model(c: Any, *, tokenizer: str = "tokenizers/qwen2.5_derived",
     return c
 
 
+def tiny_sft(c: Any) -> Any:
+    """An r1jax-sft config's `:tiny` variant: a random float32 `TINY_ARCH` chat model on
+    one mesh axis, 4 steps of 8 generated one-digit sums with worked solutions (as chat
+    conversations) in 128-token rows; the recipe keeps its other settings (its RoPE base)."""
+    tiny_chat_model(c)
+    c.model.dtype = "float32"
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.data.update(source="arithmetic", num_generated=64, task_options=dict(terms=2, digits=1))
+    c.sft.update(epochs=0, steps=4, batch_size=8, max_len=128, microbatches=1)
+    c.optim.update(lr=1e-3, warmup_steps=0)
+    c.train.update(checkpoint_every=2, export_hf=False, tensorboard=False)
+    return c
+
+
 TINY_SLOTS = 64  # a tiny variant's decode slots when its recipe sets rollout.max_slots
 
 

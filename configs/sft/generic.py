@@ -18,7 +18,7 @@ Recommended slice: v5p-16 (r1jax-fit: 50.5 of 95.0 GiB per chip), fsdp over its 
 from ml_collections import ConfigDict
 
 from r1jax.config import base_config
-from r1jax.recipes import tiny_chat_model
+from r1jax.recipes import tiny_sft
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -30,14 +30,8 @@ def get_config(arg: str = "") -> ConfigDict:
                    weight_decay=0.0, b2=0.95)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.train.update(run_dir="runs/sft", checkpoint_every=200, keep_checkpoints=2)
-    if arg == "tiny":
-        # The generated one-digit sums with worked solutions, as chat conversations.
-        tiny_chat_model(c)
-        c.data.update(source="arithmetic", num_generated=64,
-                      task_options=dict(terms=2, digits=1))
-        c.sft.update(epochs=0, steps=4, batch_size=8, max_len=128, microbatches=1)
-        c.optim.update(lr=1e-3, warmup_steps=0)
-        c.train.update(checkpoint_every=2, export_hf=False, tensorboard=False)
+    if arg == "tiny":  # generated sums, a random tiny model (r1jax.recipes.tiny_sft)
+        tiny_sft(c)
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

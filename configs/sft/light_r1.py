@@ -21,7 +21,7 @@ Recommended slice: v5p-16 (r1jax-fit: 50.5 of 95.0 GiB per chip), fsdp over its 
 from ml_collections import ConfigDict
 
 from r1jax.config import base_config, sft_stage
-from r1jax.recipes import tiny_chat_model
+from r1jax.recipes import tiny_sft
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -37,13 +37,11 @@ def get_config(arg: str = "") -> ConfigDict:
     c.train.update(run_dir="runs/light_r1_sft", checkpoint_every=200, keep_checkpoints=2)
     if arg == "tiny":
         # Generated one-digit sums with worked solutions; stage 2: the sums with a carry.
-        tiny_chat_model(c)
-        c.data.update(num_generated=64, task_options=dict(terms=2, digits=1))
+        tiny_sft(c)
         c.sft.stages = [sft_stage(source="arithmetic", epochs=1),
                         sft_stage(source="arithmetic", epochs=2, where={"answer": [10, 18]})]
-        c.sft.update(batch_size=8, max_len=128, microbatches=1)
-        c.optim.update(lr=1e-3, warmup_steps=0)
-        c.train.update(checkpoint_every=4, export_hf=False, tensorboard=False)
+        c.sft.update(steps=0)
+        c.train.checkpoint_every = 4
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; use '' or 'tiny'")
     return c

@@ -6,19 +6,17 @@ math-verify says independently; and its errors for bad flags and paths."""
 import json
 import math
 import os
-import shutil
 
 import math_verify
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from r1jax.data import load_benchmark
 from r1jax.evaluation.cli import main
 from r1jax.evaluation.policy import stop_token_ids
 from r1jax.models import load_tokenizer
-from tests.hf_models import make_hf_model
+from tests.hf_models import write_bigram_model
 
 LIMIT, N, MAX_NEW = 20, 2, 24
 BENCHMARKS = ("math500", "gsm8k")
@@ -31,33 +29,16 @@ RIGHT = {"math500": {19}, "gsm8k": {1}}
 
 
 def write_fixed_answer_model(path, tokenizer_dir):
-    """A transformers Qwen2 (hidden 64, 2 layers) whose next token depends only on the
-    current one and walks "\\n" (the last prompt token) -> COMPLETION -> <|im_end|>.
-
-    Attention and MLP outputs are zeroed (o_proj, down_proj), so the last hidden state is
-    RMSNorm(embedding). Chain token i embeds as the unit vector e_i and the lm_head row of
-    its successor is 10 e_i: that successor's logit is 10 x 8 = 80, every other logit is 0,
-    so greedy decoding and temperature-1 sampling (probability ~1 - V e^-80) emit the chain.
-    """
+    """A transformers Qwen2 whose next token depends only on the current one and walks
+    "\\n" (the last prompt token) -> COMPLETION -> <|im_end|> (`write_bigram_model`: every
+    logit but the successor's is 80 lower, so greedy decoding and temperature-1 sampling
+    emit the chain)."""
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     chain = ([tok.encode("assistant\n", add_special_tokens=False)[-1]]
              + tok.encode(COMPLETION, add_special_tokens=False) + [im_end])
     assert len(set(chain)) == len(chain)  # a bigram walk needs distinct tokens
-    model = make_hf_model("qwen2", vocab=len(tok), tied=False, seed=0)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.norm.weight.fill_(1.0)
-        model.lm_head.weight.zero_()
-        for i, (current, successor) in enumerate(zip(chain[:-1], chain[1:])):
-            model.model.embed_tokens.weight[current] = 0.0
-            model.model.embed_tokens.weight[current, i] = 1.0
-            model.lm_head.weight[successor, i] = 10.0
-    model.save_pretrained(path)
-    for name in os.listdir(tokenizer_dir):
-        shutil.copy(os.path.join(tokenizer_dir, name), path)
+    write_bigram_model(path, tokenizer_dir, {a: [b] for a, b in zip(chain[:-1], chain[1:])})
     return len(chain) - 2  # completion tokens before <|im_end|>
 
 
