@@ -312,6 +312,8 @@ class Trainer:
         """The whole job; returns the summary (also written to run_dir/summary.json)."""
         cfg = self.cfg
         resumed = self.restore()
+        if self.train_source is not None:  # rows read, kept, and dropped by reason
+            self.summary["data"] = self.train_source.stats.as_dict()
         writer = MetricsWriter.for_run(self.run_dir, cfg, total_steps=cfg.train.steps,
                                        start_step=self.step)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)

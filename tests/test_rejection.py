@@ -246,3 +246,31 @@ def test_training_prompts_filtered_by_pass_rate(setup, full):
         not 0.1 <= v <= 0.9 for v in rates.values())
     with pytest.raises(DataError, match="no example has a pass rate"):
         filter_by_pass_rate(load_source(setup[2], recipe="math500"), path, 0.95, 1.0)
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_r1jax_train_keeps_the_pass_rate_range_from_the_command_line(tmp_path, data_dir,
+                                                                     devices):
+    """configs/demo_cpu.py:tiny with data.pass_rates: 64 hand-made rates i / 64 for the
+    first 64 generated sums; [0.25, 0.75] keeps i = 16 .. 48, every other sum has no rate."""
+    from tests.xla_env import cpu_xla_flags
+    rates = tmp_path / "pass_rates.jsonl"
+    rates.write_text("".join(json.dumps({"id": f"arith-train-{i}", "pass_rate": i / 64}) + "\n"
+                             for i in range(64)))
+    env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=cpu_xla_flags(devices))
+    run_dir = tmp_path / "run"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "r1jax-train"),
+         "--config=configs/demo_cpu.py:tiny", f"--config.train.run_dir={run_dir}",
+         "--config.train.progress_bar=False", "--config.train.export_hf=False",
+         f"--config.data.pass_rates={rates}", "--config.data.pass_rate_min=0.25",
+         "--config.data.pass_rate_max=0.75"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(run_dir / "summary.json") as f:
+        data = json.load(f)["data"]
+    assert data["kept"] == 33
+    assert data["skipped"]["pass_rate_out_of_range"] == 64 - 33
+    assert data["skipped"]["no_pass_rate"] == data["rows"] - 64
