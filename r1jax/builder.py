@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-import jax
 from flax import nnx
 
 from r1jax.config import DataConfig, EvalConfig, MeshConfig, ModelSpec, RewardsConfig
@@ -23,7 +22,9 @@ def build_tokenizer(spec: ModelSpec, run_dir: Optional[str] = None) -> Any:
     if spec.char_vocab:
         tok = make_char_tokenizer(spec.char_vocab)
         if run_dir is not None:
-            tok.save_pretrained(os.path.join(run_dir, "tokenizer"))
+            import jax
+            if jax.process_index() == 0:
+                tok.save_pretrained(os.path.join(run_dir, "tokenizer"))
         return tok
     return load_tokenizer(spec.tokenizer or spec.path)
 
@@ -129,8 +130,3 @@ def build_mixture_iterator(cfg: DataConfig, tokenizer: Any, batch_size: int,
     schedule = [(s.from_step, s.weights) for s in cfg.mixture_schedule]
     return MixtureIterator(tasks, tokenizer, batch_size, cfg.seed, schedule, shard_index,
                            shard_count, cfg.max_prompt_tokens)
-
-
-def process_shard() -> tuple[int, int]:
-    """(index, count) of this process among all processes (data sharding)."""
-    return jax.process_index(), jax.process_count()

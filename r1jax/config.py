@@ -680,6 +680,46 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How the processes of a multi-host job find each other (`jax.distributed.initialize`).
+
+    coordinator_address: "host:port" of process 0's coordinator; "" = not given (auto
+      detection, or one process).
+    num_processes / process_id: 0 / -1 = detected (TPU pod slice, SLURM) or one process.
+    local_device_ids: the devices this process drives, e.g. "0,1,2,3"; "" = all it sees.
+    auto: without a coordinator address, initialize when the environment is a multi-host
+      TPU slice or a SLURM job of more than one task (JAX detects both); False = one process
+      unless a coordinator address is given.
+    initialization_timeout_s: how long a process waits for the others to join.
+    heartbeat_timeout_s: a process that stops answering for this long is declared lost and
+      every other process exits with an error naming it.
+    shutdown_timeout_s: how long the processes wait for each other at exit.
+    """
+
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    local_device_ids: str = ""
+    auto: bool = True
+    initialization_timeout_s: int = 300
+    heartbeat_timeout_s: int = 100
+    shutdown_timeout_s: int = 300
+
+    def validate(self, path: str) -> None:
+        _check(self.num_processes >= 0, path, "num_processes", "must be >= 0 (0: detect)")
+        _check(self.process_id >= -1, path, "process_id", "must be >= 0, or -1 (detect)")
+        _check(self.num_processes == 0 or self.process_id < self.num_processes, path,
+               "process_id", f"must be < num_processes ({self.num_processes})")
+        _check(not self.coordinator_address or ":" in self.coordinator_address, path,
+               "coordinator_address", "must be host:port")
+        _check(all(x.strip().isdigit() for x in self.local_device_ids.split(",")
+                   if self.local_device_ids), path, "local_device_ids",
+               "must be comma-separated device numbers, e.g. '0,1,2,3'")
+        for key in ("initialization_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+            _check(getattr(self, key) >= 1, path, key, "must be >= 1 second")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a training run needs; configs/*.py files produce it."""
 
@@ -693,6 +733,7 @@ class RunConfig:
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     def validate(self, path: str) -> None:
         if self.algo.agg == "seq-mean-token-sum-norm" and self.algo.max_response_len:
@@ -865,7 +906,7 @@ RESUME_MAY_CHANGE = (
     "train.steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoint", "train.resume", "train.max_consecutive_skips", "train.export_hf",
     "train.tensorboard", "train.progress_bar", "train.wandb_project", "train.wandb_mode",
-    "train.wandb_run_name", "eval",
+    "train.wandb_run_name", "eval", "distributed",
 )
 
 

@@ -47,8 +47,9 @@ def start_wandb(run_dir: str, project: str, mode: str, name: Optional[str],
 class MetricsWriter:
     """Writes per-step scalar metrics to JSONL, TensorBoard, W&B and a progress bar.
 
-    W&B is on when `wandb_project` is set and `wandb_mode` is not "disabled", and only on
-    process 0 (`process_index`); `config` (the run config as a dict) becomes the W&B config.
+    W&B is on when `wandb_project` is set and `wandb_mode` is not "disabled"; `config` (the
+    run config as a dict) becomes the W&B config. Only process 0 (`process_index`) writes
+    anything: the other processes of a multi-host job hold the same metrics and stay silent.
     """
 
     def __init__(self, run_dir: str, *, total_steps: int, start_step: int = 0,
@@ -57,17 +58,20 @@ class MetricsWriter:
                  wandb_run_name: Optional[str] = None,
                  config: Optional[Mapping[str, Any]] = None, process_index: int = 0):
         os.makedirs(run_dir, exist_ok=True)
+        self._primary = process_index == 0
         self._wandb = None  # first: a missing wandb fails before any file is opened
-        if wandb_project is not None and wandb_mode != "disabled" and process_index == 0:
+        if wandb_project is not None and wandb_mode != "disabled" and self._primary:
             self._wandb = start_wandb(run_dir, wandb_project, wandb_mode, wandb_run_name,
                                       config)
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a") if self._primary else None
         self._tb = None
+        self._bar = None
+        if not self._primary:
+            return
         if tensorboard:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
-        self._bar = None
         if progress_bar:
             from tqdm import tqdm
             self._bar = tqdm(total=total_steps, initial=start_step, desc="r1jax",
@@ -96,8 +100,9 @@ class MetricsWriter:
         scalars = {k: s for k, v in metrics.items() if (s := _scalar(v)) is not None}
         row = {"step": step, **{k: (v if math.isfinite(v) else str(v))
                                 for k, v in scalars.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
@@ -115,11 +120,12 @@ class MetricsWriter:
         """A line on the console that does not break the progress bar."""
         if self._bar is not None:
             self._bar.write(message)
-        else:
+        elif self._primary:
             print(message, flush=True)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

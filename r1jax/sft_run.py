@@ -35,6 +35,7 @@ from r1jax.config import (ConfigError, RunConfig, SFTStage, check_resume, config
                           load_config, to_dict)
 from r1jax.data.conversations import load_conversations
 from r1jax.data.pass_rates import read_pass_rates
+from r1jax.distributed import to_host
 from r1jax.evaluation.held_out import HeldOut
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
@@ -288,7 +289,7 @@ class SFTRun:
         start = time.perf_counter()
         batch, stats = self.next_batch()
         self.state, m = self._update(self.state, jax.device_put(batch, self.batch_sharding))
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        m = {k: float(v) for k, v in to_host(m).items()}
         lr = float(self.schedule(self.step))
         self.step += 1
         return {"sft/loss": m["sft/loss"], "sft/tokens": m["sft/tokens"],

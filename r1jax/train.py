@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from r1jax import builder, checkpoint
+from r1jax import builder, checkpoint, distributed
 from r1jax.config import (ConfigError, RunConfig, check_resume, config_args, load_config,
                           to_dict)
 from r1jax.data import make_prompt_iterator
@@ -45,13 +45,11 @@ class Trainer:
     """Holds the run's state and runs it; `Trainer(cfg).run()` is the whole job."""
 
     def __init__(self, cfg: RunConfig):
-        if jax.process_count() > 1:
-            raise NotImplementedError(
-                "r1jax trains on one host for now (all devices of one TPU VM or GPU node); "
-                f"this job has {jax.process_count()} processes")
         self.cfg = cfg
         self.run_dir = os.path.abspath(cfg.train.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
+        distributed.check_same_config(to_dict(cfg))
+        distributed.check_shared_dir(self.run_dir)
         self.sharding = builder.build_sharding(cfg.mesh)
         self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
         model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
@@ -142,8 +140,7 @@ class Trainer:
         """
         s = self.cfg.sft
         it = make_prompt_iterator(self.train_source, self.tokenizer, self._template(),
-                                  s.batch_size, s.seed, *builder.process_shard(),
-                                  max_prompt_tokens=self.cfg.data.max_prompt_tokens)
+                                  s.batch_size, s.seed, max_prompt_tokens=self.cfg.data.max_prompt_tokens)
         start, state = 0, None
         latest = self.sft_checkpointer.latest_step() if self.cfg.train.resume else None
         if latest is not None:
@@ -155,7 +152,7 @@ class Trainer:
             writer.note(f"warm start resumed at SFT step {start}")
         sft_metrics, stopped = self.rl.run_sft(
             it, s, self.tokenizer, self.eos_id, self.pad_id, self.cfg.rollout.max_new_tokens,
-            start=start, state=state, stop=lambda: self._stop_requested)
+            start=start, state=state, stop=self._stop_everywhere)
         self.summary["sft"] = sft_metrics
         if stopped is not None:
             done = sft_metrics["steps"]
@@ -338,7 +335,7 @@ class Trainer:
                 self._check_skips(metrics)
                 eval_due = bool(cfg.eval.every and self.step % cfg.eval.every == 0
                                 and self.step < cfg.train.steps)
-                if self._stop_requested:  # save first: an evaluation may outlast the grace
+                if self._stop_everywhere():  # save first: an evaluation may outlast the grace
                     writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
                     if eval_due:
                         self.summary["pending_eval"] = self.step
@@ -382,6 +379,11 @@ class Trainer:
     def _on_sigterm(self, signum, frame) -> None:
         self._stop_requested = True
 
+    def _stop_everywhere(self) -> bool:
+        """Whether SIGTERM reached any process (checked once per step by all of them, so
+        every process stops after the same step and they save one checkpoint together)."""
+        return distributed.any_process(self._stop_requested)
+
     def _print_eval(self, when: str, report: Optional[dict], writer: MetricsWriter) -> None:
         if report:
             writer.note(f"held-out {when}: pass@1 {report['pass@1']:.3f} over "
@@ -414,6 +416,8 @@ def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:  # a bad config, or a checkpoint the config may not resume: the message, no trace
         cfg = load_config(spec, overrides)
+        if distributed.initialize(cfg.distributed):
+            distributed.watch_processes()
         trainer = Trainer(cfg)
         try:
             summary = trainer.run()

@@ -54,6 +54,8 @@ class Case:
 ARCH = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
 CASES = {
+    "distributed.coordinator_address": Case("10.0.0.2:1234"),
+    "distributed.local_device_ids": Case("0,1"),
     "model.path": Case("/models/elsewhere", also=("model.arch=None",)),
     "model.preset": Case("qwen2.5-0.5b", also=("model.arch=None",)),
     "model.arch": Case(ARCH),

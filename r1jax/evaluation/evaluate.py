@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from r1jax import distributed
 from r1jax.data.pipeline import FilterStats, prepare_prompts
 from r1jax.data.sources import LoadStats, PromptSource
 from r1jax.data.templates import PromptTemplate, make_template
@@ -265,7 +266,8 @@ def _evaluate(sampler, tokenizer, problems, pool, accuracy_name, params, n, samp
         texts = tokenizer.batch_decode(out.completions()[:rows], skip_special_tokens=True)
         out_len = [int(x) for x in out.lengths[:rows]]
         out_cut = [bool(x == LENGTH) for x in out.finish_reason[:rows]]
-        scored = pool.score(texts, [chunk[i // n] for i in range(rows)], out_len)
+        scored = distributed.score_shared(pool, texts, [chunk[i // n] for i in range(rows)],
+                                          out_len)
         verdicts = scored.per_function[accuracy_name] > 0
         failures += int(scored.failed.sum())
         generated += sum(out_len)

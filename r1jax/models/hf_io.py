@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from r1jax.config import ModelConfig
+from r1jax.distributed import barrier, to_host
 from r1jax.models import hf_config, safetensors_io as st
 from r1jax.models.decoder import Decoder, ParamSpec, param_specs
 from r1jax.sharding import Sharding, single_device
@@ -198,27 +199,40 @@ def load_hf(path: str, *, dtype: str = "float32", compute_dtype: Optional[str] =
     hf = read_hf_config(path)
     cfg = hf_config.model_config_from_hf(hf, param_dtype=dtype,
                                          dtype=compute_dtype or dtype, **model_options)
-    reader = st.TensorReader(path)
-    maps = _active_maps(cfg)
-    _validate_checkpoint(reader, cfg, maps)
     sharding = _as_sharding(mesh)
-    params: dict[str, Any] = {"layers": {}}
-    for m, spec in maps:
-        arr = _load_param(reader, m, spec, sharding.named(spec.axes, spec.shape),
-                          np.dtype(jax.numpy.dtype(dtype)))
-        if m.path[0] == "layers":
-            params["layers"][m.path[1]] = arr
-        else:
-            params[m.path[0]] = arr
+    params = load_params(path, cfg, sharding)
     return Decoder(cfg, params=params, sharding=sharding, source_dir=os.path.abspath(path),
                    source_config=hf)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() == 1 or x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def load_params(path: str, cfg: ModelConfig, sharding: Sharding,
+                extra: tuple[tuple[WeightMap, ParamSpec], ...] = ()) -> dict[str, Any]:
+    """The decoder parameters of `cfg` (plus `extra` top-level tensors) from `path`.
+
+    Every tensor is checked first (the checkpoint must hold exactly these tensors), then
+    streamed onto its shards of `sharding` in `cfg.param_dtype`.
+
+    Args:
+      path: local model directory.
+      cfg: the decoder's config; decides which tensors are expected.
+      sharding: mesh + rules the parameters are placed with.
+      extra: (map, spec) pairs of tensors outside the decoder, e.g. a classification head;
+        each lands in the returned dict under `map.path[0]`.
+    Raises:
+      CheckpointError: missing, mis-shaped, unconvertible or unexpected tensors.
+    """
+    reader = st.TensorReader(path)
+    maps = _active_maps(cfg) + list(extra)
+    _validate_checkpoint(reader, cfg, maps)
+    params: dict[str, Any] = {"layers": {}}
+    for m, spec in maps:
+        arr = _load_param(reader, m, spec, sharding.named(spec.axes, spec.shape),
+                          np.dtype(jax.numpy.dtype(cfg.param_dtype)))
+        if m.path[0] == "layers":
+            params["layers"][m.path[1]] = arr
+        else:
+            params[m.path[0]] = arr
+    return params
 
 
 def _save_plan(params: dict, cfg: ModelConfig, dtype: np.dtype) -> list:
@@ -230,7 +244,7 @@ def _save_plan(params: dict, cfg: ModelConfig, dtype: np.dtype) -> list:
             ours = spec.shape[1:] if stacked else spec.shape
 
             def produce(arr=arr, i=i, stacked=stacked, m=m):
-                host = _to_host(arr[i] if stacked else arr)
+                host = to_host(arr[i] if stacked else arr)
                 return np.ascontiguousarray(m.to_hf(host)).astype(dtype)
 
             plan.append((name, m.hf_shape(ours), dtype, produce))
@@ -265,7 +279,7 @@ def save_hf(model: Decoder, out_dir: str, *, dtype: Optional[str] = None,
     if jax.process_index() != 0:
         for *_, produce in plan:  # take part in the collective gathers
             produce()
-        _barrier("r1jax_save_hf")
+        barrier("r1jax_save_hf")
         return out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -280,7 +294,7 @@ def save_hf(model: Decoder, out_dir: str, *, dtype: Optional[str] = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _barrier("r1jax_save_hf")
+    barrier("r1jax_save_hf")
     return out_dir
 
 
@@ -307,9 +321,3 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
     os.rename(out_dir, old)
     os.rename(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)

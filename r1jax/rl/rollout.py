@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from r1jax import distributed
 from r1jax.rl import dapo
 from r1jax.sampling import SampleOutput, Sampler
 
@@ -135,7 +136,7 @@ def score_batch(tokenizer: Any, pool: Any, examples: list, out: SampleOutput, *,
     texts = tokenizer.batch_decode(out.completions(), skip_special_tokens=True)
     start = time.perf_counter()
     rows = [examples[i] for i in out.prompt_index]
-    result = pool.score(texts, rows, out.lengths.tolist())
+    result = distributed.score_shared(pool, texts, rows, out.lengths.tolist())
     rewards = np.asarray(result.total, np.float64)
     parts = {k: np.asarray(v) for k, v in result.per_function.items()}
     if overlong is not None:

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.config import ModelConfig, RunConfig, SFTConfig
+from r1jax.distributed import to_host
 from r1jax.models.decoder import param_shardings
 from r1jax.rl import advantages
 from r1jax.rl.rollout import LENGTH, bucket, pack_sequences
@@ -172,7 +173,7 @@ class RLSteps:
         mismatch = {}
         if self.cfg.rollout.recompute_old_logprobs or algo.num_iterations > 1:
             recomputed = self.logprobs(self.params, batch) * batch.mask
-            mismatch = jax.device_get(_logprob_mismatch(batch.old_logp, recomputed,
+            mismatch = to_host(_logprob_mismatch(batch.old_logp, recomputed,
                                                         batch.mask))
             batch.old_logp = recomputed
         if self.ref_params is not None:
@@ -186,7 +187,7 @@ class RLSteps:
                     self.state, self._rows(batch, jnp.int32(m * rows), rows))
                 _wait_on_cpu(metrics)
                 collected.append(dict(metrics, lr=lr))
-        out = summarize_updates(jax.device_get(collected), algo.minibatches,
+        out = summarize_updates(to_host(collected), algo.minibatches,
                                 float(jnp.sum(batch.valid_rows)))
         out.update({f"logprob_mismatch/{k}": float(v) for k, v in mismatch.items()})
         return out
@@ -262,7 +263,7 @@ class RLSteps:
             step += 1
             if stop is not None and step < cfg.steps and stop():
                 break
-        losses = [float(x) for x in jax.device_get(losses)] or [float("nan")]
+        losses = [float(x) for x in to_host(losses)] or [float("nan")]
         out = {"loss": losses[-1], "first_loss": losses[0], "steps": step,
                "seconds": time.perf_counter() - started}
         self.state = {"params": sft_state["params"]}

@@ -46,6 +46,7 @@ import numpy as np
 from jax import lax
 
 from r1jax.config import ModelConfig
+from r1jax.distributed import to_host
 from r1jax.models import attention as attn_lib
 from r1jax.models import decoder
 from r1jax.models.layers import rms_norm
@@ -181,7 +182,7 @@ class Sampler:
         if self.max_slots is None:
             fn = self._program(tokens.shape, n, max_new, sp, stops, bf)
             out = fn(params, tokens, lens, jnp.int32(num_prompts), jax.random.key(seed))
-            out = jax.tree.map(np.asarray, jax.device_get(out))
+            out = to_host(out)
             out = {k: out[k][:rows] for k in _fields(out)} | {"steps": int(out["steps"])}
         else:
             out = self._generate_engine(params, tokens, lens, num_prompts, n, max_new, sp,
@@ -319,7 +320,7 @@ class Sampler:
         state, done, _, steps = run(params, init(params), tokens, lens, jnp.int32(num_prompts),
                                     jnp.int32(0), jax.random.key(seed),
                                     jnp.int32(np.iinfo(np.int32).max))
-        done, counters = jax.device_get((done, {k: state[k] for k in ("slot_steps",
+        done, counters = to_host((done, {k: state[k] for k in ("slot_steps",
                                                                       "prefills")}))
         rows = num_prompts * n
         count = int(done["count"])
@@ -434,8 +435,8 @@ class RolloutStream:
         group that finished in it, in prompt order ([] when nothing was dispatched)."""
         if self._pending is None:
             return []
-        done, taken, steps = jax.device_get(self._pending)
-        counters = jax.device_get({k: self._state[k] for k in ("slot_steps", "prefills")})
+        done, taken, steps = to_host(self._pending)
+        counters = to_host({k: self._state[k] for k in ("slot_steps", "prefills")})
         self._pending = None
         self._taken += int(taken)
         st = self.stats

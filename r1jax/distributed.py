@@ -1,0 +1,260 @@
+"""The multi-process side of a job: start-up, global facts on every host, fail-fast.
+
+Every process of a job runs the same program (JAX's multi-controller model). The rule this
+module serves: every decision a process takes on the host (batch shapes, loop exits, counts,
+stop and skip decisions) comes from values every process holds identically: a device result
+gathered to all hosts (`to_host`), a flag reduced over all processes (`any_process`), or the
+config, whose hash is compared at start-up (`check_same_config`).
+
+    initialize(cfg.distributed)          # before anything touches a JAX backend
+    check_same_config(to_dict(cfg))
+    check_shared_dir(cfg.train.run_dir)
+
+One process (the default everywhere) makes every function here a no-op or a local read.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import uuid
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from r1jax.config import ConfigError, DistributedConfig
+
+log = logging.getLogger("r1jax.distributed")
+
+
+def cluster_detected(env: Optional[dict] = None) -> Optional[str]:
+    """The multi-host environment JAX can join without a coordinator address, if any.
+
+    "slurm": a SLURM job step of more than one task; "tpu": a Cloud TPU slice of several
+    hosts (TPU_WORKER_HOSTNAMES lists more than one). None: one process.
+    """
+    env = os.environ if env is None else env
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return "slurm"
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if len(hosts) > 1:
+        return "tpu"
+    return None
+
+
+def initialize(cfg: DistributedConfig) -> bool:
+    """Joins the job's other processes (`jax.distributed.initialize`) when there are any.
+
+    With `coordinator_address` set, the given address / count / id (the ones left at 0 / -1
+    are detected by JAX); else, with `auto`, when `cluster_detected()` names an environment.
+    The CPU backend's collectives run over gloo (TCP), so the same program runs as several
+    local processes. Must run before any JAX backend is used. Returns whether
+    this is a multi-process job.
+    """
+    if jax.distributed.is_initialized():
+        return jax.process_count() > 1
+    explicit = bool(cfg.coordinator_address)
+    if not explicit and not (cfg.auto and cluster_detected()):
+        return False
+    # The CPU backend's cross-process collectives (the only ones of a CPU job; harmless on
+    # TPU / GPU, whose collectives run on their interconnect).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    local = [int(x) for x in cfg.local_device_ids.split(",")] if cfg.local_device_ids \
+        else None
+    try:
+        jax.distributed.initialize(
+            coordinator_address=cfg.coordinator_address or None,
+            num_processes=cfg.num_processes or None,
+            process_id=None if cfg.process_id < 0 else cfg.process_id,
+            local_device_ids=local,
+            initialization_timeout=cfg.initialization_timeout_s,
+            heartbeat_timeout_seconds=cfg.heartbeat_timeout_s,
+            shutdown_timeout_seconds=cfg.shutdown_timeout_s)
+    except Exception as e:  # noqa: BLE001 - any start-up failure gets the same context
+        raise RuntimeError(
+            f"jax.distributed.initialize failed (coordinator "
+            f"{cfg.coordinator_address or 'auto-detected'}, processes "
+            f"{cfg.num_processes or 'auto'}, this process {cfg.process_id}): {e}. Every "
+            "process must start within distributed.initialization_timeout_s "
+            f"({cfg.initialization_timeout_s} s) and reach the coordinator's port") from e
+    log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+    return jax.process_count() > 1
+
+
+# Exit status of a process that stops because another process of its job was lost.
+EXIT_PROCESS_LOST = 3
+
+
+def watch_processes(poll_s: float = 2.0) -> None:
+    """Fails fast when another process of the job is lost.
+
+    A daemon thread asks the coordination service every `poll_s` seconds which processes
+    are alive; when one is missing (killed, out of memory, its host down: the service drops
+    it as soon as its connection closes, or after distributed.heartbeat_timeout_s without a
+    heartbeat) this process prints which one and exits with EXIT_PROCESS_LOST, instead of
+    waiting in a collective that can no longer complete. Restarting the job resumes from the
+    last complete checkpoint. Stops at interpreter exit, before JAX's own shutdown barrier.
+    """
+    if not multi_process():
+        return
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    ids = list(range(jax.process_count()))
+    done = threading.Event()
+
+    def run():
+        while not done.wait(poll_s):
+            try:
+                live = client.get_live_nodes(ids)
+            except Exception:  # noqa: BLE001 - the service itself ends the process then
+                continue
+            lost = [i for i in ids if i not in live]
+            if lost and not done.is_set():
+                sys.stderr.write(
+                    f"r1jax: lost process{'es' if len(lost) > 1 else ''} "
+                    f"{', '.join(map(str, lost))} of {len(ids)} (killed, out of memory, or "
+                    f"its host is down); process {jax.process_index()} stops. Restart the "
+                    "job to resume from the last complete checkpoint.\n")
+                sys.stderr.flush()
+                os._exit(EXIT_PROCESS_LOST)
+
+    threading.Thread(target=run, name="r1jax-watch-processes", daemon=True).start()
+    atexit.register(done.set)
+
+
+def multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+def gather(values: np.ndarray) -> np.ndarray:
+    """[P, *values.shape]: each process's host array, on every process (same order)."""
+    if not multi_process():
+        return np.asarray(values)[None]
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values), tiled=False))
+
+
+def to_host(tree: Any) -> Any:
+    """`jax.device_get` for arrays that may span processes: every process receives the whole
+    global value (the same on all), so decisions taken from it agree."""
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (a stop request seen by one host stops all)."""
+    if not multi_process():
+        return bool(flag)
+    return bool(gather(np.asarray([int(bool(flag))], np.int32)).any())
+
+
+def barrier(name: str) -> None:
+    if multi_process():
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def config_hash(config: dict) -> str:
+    """A stable hash of a run config (its `to_dict` form), the `distributed` section aside
+    (process ids legitimately differ)."""
+    body = {k: v for k, v in config.items() if k != "distributed"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_same_config(config: dict) -> None:
+    """Refuses to start when the processes were given different configs.
+
+    Raises:
+      ConfigError: naming the processes whose config differs from process 0's.
+    """
+    if not multi_process():
+        return
+    digest = np.frombuffer(bytes.fromhex(config_hash(config)), np.uint8)
+    all_digests = gather(digest)
+    differ = [p for p in range(len(all_digests)) if not np.array_equal(all_digests[p],
+                                                                         all_digests[0])]
+    if differ:
+        raise ConfigError(f"processes {differ} were started with a config different from "
+                          "process 0's (every process must get the same config file and "
+                          "--config flags, apart from distributed.*)")
+
+
+def check_shared_dir(path: str) -> None:
+    """Refuses to start when `path` (train.run_dir) is not the same directory on every
+    process: process 0 writes a marker there and every process must see it.
+
+    Raises:
+      ConfigError: naming the processes that do not see process 0's marker.
+    """
+    if not multi_process():
+        return
+    os.makedirs(path, exist_ok=True)
+    token = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+    token = gather(token)[0]  # process 0's
+    marker = os.path.join(path, f".r1jax_shared_{token.tobytes().hex()}")
+    if jax.process_index() == 0:
+        with open(marker, "w") as f:
+            f.write("")
+    barrier("r1jax_shared_dir_written")
+    seen = gather(np.asarray([int(os.path.exists(marker))], np.int32))[:, 0]
+    barrier("r1jax_shared_dir_checked")
+    if jax.process_index() == 0:
+        os.remove(marker)
+    missing = [p for p in range(len(seen)) if not seen[p]]
+    if missing:
+        raise ConfigError(f"train.run_dir {path!r} is not shared: processes {missing} do not "
+                          "see what process 0 writes there (use a shared filesystem or a "
+                          "bucket path every host mounts)")
+
+
+def score_shared(pool: Any, completions: list, examples: list, lengths: list) -> Any:
+    """`pool.score` of B completions, each process scoring its share (rows p, p + P, ...)
+    and every process receiving all B results: rewards, per-function values, failure flags
+    and counts (the failure examples stay in the log of the process that met them).
+
+    Every process then holds the same rewards, so the advantages and dynamic-sampling
+    choices made from them agree even where a reward is not deterministic (a sandboxed
+    program's time limit).
+    """
+    if not multi_process():
+        return pool.score(completions, examples, lengths)
+    from r1jax.rewards import model_reward
+    if isinstance(pool, model_reward.PoolWithModelReward):
+        # The reward model is one device program over the mesh: every process runs it on
+        # all B rows (the same global input); the rule-based rewards are shared out.
+        result = score_shared(pool.pool, completions, examples, lengths)
+        return model_reward.add_to_result(result, pool.reward(completions, examples),
+                                          pool.weight)
+    from r1jax.rewards.pool import RewardFailures, RewardResult
+    count, me, n = jax.process_count(), jax.process_index(), len(completions)
+    mine = list(range(me, n, count))
+    local = pool.score([completions[i] for i in mine], [examples[i] for i in mine],
+                       [lengths[i] for i in mine])
+    names = sorted(local.per_function)
+    table = np.full((-(-n // count), 2 + len(names)), np.nan)
+    table[:len(mine), 0] = local.total
+    table[:len(mine), 1] = local.failed
+    for j, name in enumerate(names):
+        table[:len(mine), 2 + j] = local.per_function[name]
+    f = local.failures
+    tables = gather(table)  # [P, ceil(B / P), 2 + F]
+    counts = gather(np.asarray([f.timeouts, f.crashes, f.exceptions], np.int64)).sum(0)
+    rows = np.stack([tables[i % count, i // count] for i in range(n)]) if n \
+        else np.zeros((0, 2 + len(names)))
+    return RewardResult(total=rows[:, 0], failed=rows[:, 1].astype(bool),
+                        per_function={name: rows[:, 2 + j] for j, name in enumerate(names)},
+                        failures=RewardFailures(int(counts[0]), int(counts[1]),
+                                                int(counts[2]), list(f.examples)))

@@ -1,0 +1,205 @@
+"""One training job as several processes (jax.distributed over gloo on 127.0.0.1), through
+the `r1jax-train` command line, against the same job as one process.
+
+The job: the CPU demo's tiny config from a random policy (no warm start), 3 DAPO steps with
+dynamic sampling, a KL term (kl_beta 0.01) and 2 minibatches per step, on a mesh of 8 CPU
+devices (fsdp 4 x tensor 2), run as 1 process x 8 devices and as 2 processes x 4 devices.
+The accuracy reward reads the completion's first number, so that a random policy solves some
+prompts sometimes and dynamic sampling has informative groups to keep.
+
+The two layouts compute the same sums in a different order: an all-reduce across processes
+runs over gloo's TCP ring, one inside a process over XLA:CPU's in-process reduction, so
+floating-point results agree to rounding (~1e-7 relative here), not bit for bit. Every metric
+and every parameter is compared with a tolerance of 1e-5 (relative for metrics, absolute for
+parameters of magnitude <= ~1); a different sampled token, prompt order or kept group would
+move them by far more.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from r1jax.metrics import read_metrics
+from tests.xla_env import cpu_xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(os.path.dirname(sys.executable), "r1jax-train")
+JOB = ["--config=configs/demo_cpu.py:tiny", "--config.train.progress_bar=False",
+       "--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.sft.steps=0",
+       "--config.algo.kl_beta=0.01", "--config.train.steps=3", "--config.eval.limit=8",
+       "--config.rewards.functions=[{'name': 'accuracy', 'weight': 1.0, 'kwargs': "
+       "{'mode': 'regex', 'pattern': '^(\\\\d+)'}}]"]
+TOLERANCE = 1e-5
+IGNORED = ("time/", "perf/", "eval/seconds")
+TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(run_dir: str, processes: int, *flags: str, logs: str = "") -> list:
+    """Starts the job as `processes` processes x (8 / processes) devices; returns them."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(8 // processes),
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    port = free_port()
+    procs = []
+    for i in range(processes):
+        cmd = [TRAIN, *JOB, f"--config.train.run_dir={run_dir}", *flags]
+        if processes > 1:
+            cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                    f"--config.distributed.num_processes={processes}",
+                    f"--config.distributed.process_id={i}",
+                    "--config.distributed.heartbeat_timeout_s=30",
+                    "--config.distributed.initialization_timeout_s=120"]
+        log = open(f"{logs or run_dir}.{i}.log", "w")
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
+def finish(procs: list, timeout: float = TIMEOUT_S) -> list[int]:
+    """Waits for every process (killing, by id, the ones still running at the deadline)."""
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    q.kill()
+            raise
+    return codes
+
+
+def run(run_dir: str, processes: int, *flags: str) -> None:
+    codes = finish(start(run_dir, processes, *flags))
+    logs = "".join(open(f"{run_dir}.{i}.log").read()[-3000:] for i in range(processes))
+    assert codes == [0] * processes, logs
+
+
+def params(run_dir: str) -> dict:
+    out = {}
+    for path in glob.glob(os.path.join(run_dir, "export", "*.safetensors")):
+        out.update(load_file(path))
+    assert out, f"no export in {run_dir}"
+    return out
+
+
+def assert_same_run(a: str, b: str, steps=(1, 2, 3)) -> None:
+    """The RL metrics of `steps` and the final parameters of runs a and b agree."""
+    rows_a = {r["step"]: r for r in read_metrics(a)}
+    rows_b = {r["step"]: r for r in read_metrics(b)}
+    for step in steps:
+        ra, rb = rows_a[step], rows_b[step]
+        keys = [k for k in ra if not k.startswith(IGNORED) and isinstance(ra[k], (int, float))]
+        assert {"reward/mean", "grad_norm", "policy/loss", "policy/kl",
+                "dynamic_sampling/groups_kept"} <= set(keys)
+        for k in keys:
+            assert rb[k] == pytest.approx(ra[k], rel=TOLERANCE, abs=TOLERANCE), (step, k)
+    pa, pb = params(a), params(b)
+    assert sorted(pa) == sorted(pb)
+    for name in pa:
+        np.testing.assert_allclose(pa[name], pb[name], rtol=0, atol=TOLERANCE, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, data_dir):
+    """The reference: the job as 1 process x 8 devices, uninterrupted."""
+    os.environ["R1JAX_DATA_DIR"] = data_dir
+    run_dir = str(tmp_path_factory.mktemp("mp") / "one")
+    run(run_dir, 1)
+    rows = read_metrics(run_dir)
+    kept = [r["dynamic_sampling/groups_kept"] for r in rows if "grad_norm" in r]
+    assert len(kept) == 3 and min(kept) >= 4  # dynamic sampling had groups to keep
+    return run_dir
+
+
+def test_two_processes_equal_one(one_process, tmp_path):
+    run_dir = str(tmp_path / "two")
+    run(run_dir, 2)
+    assert_same_run(one_process, run_dir)
+    # Written once: one metrics row per step, one summary, one export.
+    steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert steps.count(3) == 2  # the step's metrics row and the evaluation after RL
+
+
+def test_checkpointed_as_one_process_finished_as_two(one_process, tmp_path):
+    """Checkpointed after 2 steps as 1 process x 8 devices, finished as 2 x 4: the same run
+    (the reverse, 2 -> 1, is the restart of the lost-process test)."""
+    run_dir = str(tmp_path / "run")
+    run(run_dir, 1, "--config.train.steps=2")
+    run(run_dir, 2)
+    assert_same_run(one_process, run_dir)
+
+
+def wait_for_step(run_dir: str, step: int, procs: list, timeout: float = TIMEOUT_S) -> None:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and any(json.loads(line)["step"] == step and "grad_norm" in line
+                                        for line in open(path) if line.strip()):
+            return
+        assert all(p.poll() is None for p in procs), "a process ended early"
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached")
+
+
+def test_a_lost_process_stops_the_other_and_a_restart_resumes(one_process, tmp_path):
+    run_dir = str(tmp_path / "run")
+    procs = start(run_dir, 2, "--config.train.checkpoint_every=1")
+    try:
+        wait_for_step(run_dir, 1, procs)
+        procs[1].kill()
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    log = open(f"{run_dir}.0.log").read()
+    assert code != 0
+    assert waited < 60, waited  # the heartbeat timeout is 30 s; the lost link is seen sooner
+    assert "lost process 1 of 2" in log, log[-2000:]
+    # Restarted, here as 1 process x 8 devices: it resumes from the last complete checkpoint
+    # (a topology change on resume) and finishes as the uninterrupted run.
+    run(run_dir, 1)
+    assert_same_run(one_process, run_dir)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+    run_dir = str(tmp_path / "run")
+    procs = start(run_dir, 2, "--config.train.checkpoint_every=0")
+    try:
+        wait_for_step(run_dir, 1, procs)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = finish(procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0]
+    # Every process printed its summary: stopped after the same step.
+    stopped_at = [re.findall(r'"stopped_at": (\d+)', open(f"{run_dir}.{i}.log").read())
+                  for i in range(2)]
+    assert stopped_at[0] == stopped_at[1] and len(stopped_at[0]) == 1, stopped_at
+    checkpoints = sorted(int(d) for d in os.listdir(os.path.join(run_dir, "checkpoints"))
+                         if d.isdigit())
+    # One checkpoint before RL (step 0) and the one SIGTERM saved, at the step they stopped.
+    assert checkpoints == [0, int(stopped_at[0][0])] and checkpoints[1] < 3, checkpoints
+    assert "SIGTERM: saving a checkpoint" in open(f"{run_dir}.0.log").read()
