@@ -59,5 +59,6 @@ setup(
         "r1jax-fit=r1jax.fit:main",
         "r1jax-sft=r1jax.sft_run:main",
         "r1jax-rejection-sample=r1jax.rejection:main",
+        "r1jax-merge=r1jax.merge:main",
     ]},
 )
