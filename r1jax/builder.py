@@ -97,16 +97,38 @@ def build_eval_source(cfg: EvalConfig, data_cfg: DataConfig) -> Optional[Any]:
                         split="test")
 
 
-def build_reward_pool(cfg: RewardsConfig, data_cfg: Optional[DataConfig] = None) -> Any:
+def build_reward_pool(cfg: RewardsConfig, data_cfg: Optional[DataConfig] = None,
+                      sharding: Optional[Sharding] = None) -> Any:
     """The reward pool: `cfg.functions`, or with a data mixture each task's own functions
-    (one pool routing every completion to its task's; `cfg` gives workers and timeout)."""
+    (one pool routing every completion to its task's; `cfg` gives workers and timeout).
+
+    A `reward_model` entry among `cfg.functions` (r1jax.rewards.model_reward) loads that
+    sequence-classification model on `sharding`'s mesh and adds its weighted, normalised
+    score to every result (`per_function["reward_model"]`).
+    """
     from r1jax.rewards import RewardPool
+    from r1jax.rewards import model_reward
     if data_cfg is not None and data_cfg.mixture:
+        if any(f.name == model_reward.NAME for m in data_cfg.mixture for f in m.functions):
+            raise ValueError(f"reward '{model_reward.NAME}' is not available inside "
+                             "data.mixture tasks; use it in rewards.functions")
         specs = {m.name: [(f.name, f.weight, dict(f.kwargs)) for f in m.functions]
                  for m in data_cfg.mixture}
-    else:
-        specs = [(f.name, f.weight, dict(f.kwargs)) for f in cfg.functions]
-    return RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+        return RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+    functions, learned = model_reward.split_specs(cfg.functions)
+    pool = RewardPool([(f.name, f.weight, dict(f.kwargs)) for f in functions],
+                      num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+    if learned is None:
+        return pool
+    from r1jax.models.reward_model import load_reward_model
+    options = model_reward.ModelRewardOptions.from_kwargs(learned.kwargs)
+    try:
+        scorer = load_reward_model(**options.load_kwargs(), mesh=sharding)
+    except BaseException:
+        pool.close()
+        raise
+    return model_reward.PoolWithModelReward(pool, model_reward.ModelReward(scorer, options),
+                                            learned.weight)
 
 
 def accuracy_names(cfg: RewardsConfig, data_cfg: DataConfig) -> "str | dict":

@@ -67,19 +67,20 @@ class Trainer:
                                max_new_tokens=max_new, eos_token_ids=self.stop_ids,
                                pad_id=self.pad_id, truncate_prompts=cfg.rollout.truncate_prompts,
                                max_slots=cfg.rollout.max_slots)
-        self.pool = builder.build_reward_pool(cfg.rewards, cfg.data)
+        self.pool = builder.build_reward_pool(cfg.rewards, cfg.data, self.sharding)
         self.accuracy_name = builder.accuracy_names(cfg.rewards, cfg.data)
-        shard, shards = builder.process_shard()
+        # Every process holds each generation batch's whole prompt list (token ids, a few KB):
+        # the host decisions made from it agree, and the data order does not depend on the
+        # number of processes. Device arrays built from it hold each process's own shards.
         gen_prompts = cfg.train.gen_prompts_per_batch or cfg.train.prompts_per_step
         if cfg.data.mixture:  # no warm start, no held-out set (config validation)
             self.train_source = None
-            self.data = builder.build_mixture_iterator(cfg.data, self.tokenizer, gen_prompts,
-                                                       shard, shards)
+            self.data = builder.build_mixture_iterator(cfg.data, self.tokenizer, gen_prompts)
         else:
             self.train_source = builder.build_train_source(cfg.data)
             self.data = make_prompt_iterator(
                 self.train_source, self.tokenizer, self._template(), gen_prompts,
-                cfg.data.seed, shard, shards, cfg.data.max_prompt_tokens)
+                cfg.data.seed, max_prompt_tokens=cfg.data.max_prompt_tokens)
         self.held_out = HeldOut(cfg, self.tokenizer, self._template(), self.sampler, self.pool)
         self.rl = steps.RLSteps(self.model_config, cfg, self.sharding, model.params)
         del model  # its arrays now belong to the train state (donated by the update)

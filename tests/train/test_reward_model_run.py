@@ -1,0 +1,57 @@
+"""An RL run whose reward mixes rule-based terms with a reward model's score."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from r1jax.metrics import read_metrics
+from r1jax.models.char_tokenizer import make_char_tokenizer
+from r1jax.train import Trainer
+from tests.models.test_reward_model import make_seq_cls
+
+VOCAB = "0123456789+=,"
+
+
+def test_rule_and_model_rewards_are_both_logged_and_summed(make_config, tmp_path):
+    tok = make_char_tokenizer(VOCAB)
+    rm_dir = str(tmp_path / "rm")
+    make_seq_cls("qwen2", vocab=len(tok), pad_token_id=tok.pad_token_id).save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    functions = [dict(name="accuracy", weight=1.0, kwargs=dict(mode="answer_tag")),
+                 dict(name="format", weight=0.1, kwargs={}),
+                 dict(name="reward_model", weight=0.5,
+                      kwargs=dict(path=rm_dir, format="concat", normalize="affine",
+                                  scale=2.0, shift=0.0))]
+    cfg = make_config(rewards=dict(functions=functions), sft=dict(steps=0),
+                      eval=dict(source=None), train=dict(steps=2))
+    trainer = Trainer(cfg)
+    scored = []
+    score = trainer.pool.score
+
+    def spy(texts, rows, lengths=None):
+        out = score(texts, rows, lengths)
+        scored.append((list(texts), list(rows), out))
+        return out
+    trainer.pool.score = spy
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    rows = [r for r in read_metrics(cfg.train.run_dir) if "reward/mean" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"reward/accuracy/mean", "reward/format/mean", "reward/reward_model/mean"} <= set(r)
+        assert r["reward/reward_model/std"] > 0  # the model scored, rows differ
+    # Each total = the rule terms + 0.5 * the model term, and the model term = 2 x the
+    # transformers model's score of question + completion (no chat template: concatenated).
+    texts, rows_seen, out = scored[0]
+    np.testing.assert_allclose(
+        out.total, out.per_function["accuracy"] + 0.1 * out.per_function["format"]
+        + 0.5 * out.per_function["reward_model"], atol=1e-9)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    for i in range(0, len(texts), 7):
+        ids = tok(rows_seen[i]["question"] + texts[i])["input_ids"]
+        with torch.no_grad():
+            want = float(hf(torch.tensor([ids])).logits[0, 0])
+        assert out.per_function["reward_model"][i] == pytest.approx(2 * want, abs=1e-4)
