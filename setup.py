@@ -60,5 +60,6 @@ setup(
         "r1jax-sft=r1jax.sft_run:main",
         "r1jax-rejection-sample=r1jax.rejection:main",
         "r1jax-merge=r1jax.merge:main",
+        "r1jax-dpo=r1jax.dpo_run:main",
     ]},
 )

@@ -617,6 +617,60 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """Preference optimisation: `r1jax-dpo` (`r1jax.dpo`, README "Preference optimisation").
+
+    Pairs from `data.source` in `layout` (`r1jax.data.preference`: "auto", "preference",
+    "sharegpt_ranking", "samples" or a recipe such as "light_r1_dpo"); `batch_size` pairs
+    per optimizer step packed into rows of `max_len` tokens (a pair's two sequences in one
+    row when they fit, with `pair_in_one_row`), `steps` steps or with steps 0 `epochs`
+    passes; `overflow` and `microbatches` as in `sft`; the optimizer is the `optim` section.
+    The loss: `loss_type` ("sigmoid" = DPO, "ipo", "nca_pair") with strength `beta` and, for
+    "sigmoid", conservative-DPO `label_smoothing`; the reference is the starting policy
+    ("policy") or the pairs' stored `ref_chosen_logps` / `ref_rejected_logps`
+    ("precomputed"). `sample_chosen` / `sample_rejected`: how the "samples" layout picks a
+    pair from one prompt's completions (`r1jax.data.preference.select_pair`).
+    """
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    reference: str = "policy"
+    layout: str = "auto"
+    batch_size: int = 8
+    steps: int = 0
+    epochs: int = 1
+    max_len: int = 2048
+    overflow: str = "truncate"
+    microbatches: int = 1
+    pair_in_one_row: bool = False
+    seed: int = 1
+    sample_chosen: str = "shortest"
+    sample_rejected: str = "random"
+
+    def validate(self, path: str) -> None:
+        _check(self.beta > 0, path, "beta", "must be > 0")
+        _check(self.loss_type in ("sigmoid", "ipo", "nca_pair"), path, "loss_type",
+               "must be 'sigmoid', 'ipo' or 'nca_pair'")
+        _check(0 <= self.label_smoothing < 0.5, path, "label_smoothing", "must be in [0, 0.5)")
+        _check(self.label_smoothing == 0 or self.loss_type == "sigmoid", path,
+               "label_smoothing", f"applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
+        _check(self.reference in ("policy", "precomputed"), path, "reference",
+               "must be 'policy' or 'precomputed'")
+        _check(self.batch_size >= 1, path, "batch_size", "must be >= 1")
+        _check(self.steps >= 0, path, "steps", "must be >= 0")
+        _check(self.epochs >= 0, path, "epochs", "must be >= 0")
+        _check(self.max_len >= 2, path, "max_len", "must be >= 2")
+        _check(self.overflow in ("truncate", "drop"), path, "overflow",
+               "must be 'truncate' or 'drop'")
+        _check(self.microbatches >= 1, path, "microbatches", "must be >= 1")
+        _check(self.sample_chosen in ("shortest", "random"), path, "sample_chosen",
+               "must be 'shortest' or 'random'")
+        _check(self.sample_rejected in ("random", "longest", "shortest"), path,
+               "sample_rejected", "must be 'random', 'longest' or 'shortest'")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation: before RL, every `every` steps, and at the end."""
 
@@ -731,6 +785,7 @@ class RunConfig:
     algo: AlgoConfig = AlgoConfig()
     optim: OptimConfig = OptimConfig()
     sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
@@ -901,7 +956,8 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> RunConfig:
 RESUME_MAY_CHANGE = (
     "rollout.max_new_tokens", "algo.overlong_buffer_len", "algo.max_response_len",
     "rollout.max_slots", "rollout.stream_steps", "algo.microbatches", "sft.steps",
-    "sft.microbatches", "mesh", "model.remat", "model.attention_impl",
+    "sft.microbatches", "dpo.steps", "dpo.microbatches", "mesh", "model.remat",
+    "model.attention_impl",
     "model.path", "model.tokenizer", "data.source", "data.data_dir", "rewards.num_workers",
     "train.steps", "train.run_dir", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoint", "train.resume", "train.max_consecutive_skips", "train.export_hf",

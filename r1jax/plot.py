@@ -19,6 +19,8 @@ PANELS = (
     ("dynamic_sampling/frac_dropped", "groups dropped (dynamic sampling)"),
     ("sft/loss", "SFT loss (assistant tokens)"),
     ("sft/packing_efficiency", "SFT packing efficiency"),
+    ("rewards/margins", "DPO reward margin (chosen - rejected)"),
+    ("rewards/accuracies", "DPO reward accuracy"),
 )
 
 

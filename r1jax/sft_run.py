@@ -169,6 +169,9 @@ def curriculum_indices(position: int, count: int, sizes: Sequence[int],
 class SFTRun:
     """One r1jax-sft job: `SFTRun(cfg).run()`."""
 
+    LOSS_METRIC = "sft/loss"  # the metric the summary reports as first_loss / loss
+    PHASE = "sft"  # held-out evaluation tags: before_<PHASE>, after_<PHASE>
+
     def __init__(self, cfg: RunConfig):
         if jax.process_count() > 1:
             raise NotImplementedError("r1jax-sft runs on one host for now "
@@ -330,12 +333,12 @@ class SFTRun:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             if self.step == 0 and self.held_out is not None:
-                self.summary["eval_before"] = self.evaluate("before_sft", writer)
+                self.summary["eval_before"] = self.evaluate(f"before_{self.PHASE}", writer)
             while self.step < self.total_steps:
                 metrics = self.train_step()
                 writer.write(self.step, metrics)
-                self.summary.setdefault("first_loss", metrics["sft/loss"])
-                self.summary["loss"] = metrics["sft/loss"]
+                self.summary.setdefault("first_loss", metrics[self.LOSS_METRIC])
+                self.summary["loss"] = metrics[self.LOSS_METRIC]
                 if self._stop_requested:
                     writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
                     self.save(wait=True)
@@ -347,7 +350,8 @@ class SFTRun:
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     self.save()
             if self.held_out is not None:
-                after = self.summary["eval_after"] = self.evaluate("after_sft", writer)
+                after = self.evaluate(f"after_{self.PHASE}", writer)
+                self.summary["eval_after"] = after
                 before = self.summary.get("eval_before")
                 if before and after:
                     self.summary["accuracy_gain_points"] = 100 * (after["pass@1"]
@@ -363,7 +367,7 @@ class SFTRun:
                 try:
                     from r1jax import plot
                     self.summary["plot"] = plot.plot_run(self.run_dir)
-                except ImportError as e:  # matplotlib missing: the run itself is complete
+                except (ImportError, ValueError) as e:  # no matplotlib, or no curve to draw
                     log.warning("no curves PNG: %s", e)
                 with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
                     json.dump(self.summary, f, indent=2, default=float)

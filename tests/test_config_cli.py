@@ -54,6 +54,9 @@ class Case:
 ARCH = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
 CASES = {
+    "dpo.loss_type": Case("ipo"), "dpo.reference": Case("precomputed"),
+    "dpo.overflow": Case("drop"), "dpo.sample_chosen": Case("random"),
+    "dpo.sample_rejected": Case("longest"),
     "distributed.coordinator_address": Case("10.0.0.2:1234"),
     "distributed.local_device_ids": Case("0,1"),
     "model.path": Case("/models/elsewhere", also=("model.arch=None",)),

@@ -1,0 +1,60 @@
+"""`r1jax-dpo` end to end: the shipped Light-R1 DPO config's tiny variant from the command line
+on one CPU device."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from r1jax import dpo
+from r1jax.metrics import read_metrics
+from tests.xla_env import cpu_xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs", "dpo", "light_r1_dpo.py")
+
+
+def command(*args):
+    return [sys.executable, "-m", "r1jax.dpo_run", f"--config={CONFIG}:tiny",
+            "--config.train.progress_bar=False", *args]
+
+
+def test_tiny_variant_from_the_command_line(tmp_path, data_dir):
+    """4 steps of 8 pairs (2 microbatches) with the NCA loss: at step 1 the policy is its own
+    reference, so every reward is 0 and the loss is NCA's 2 log 2 (DPO's would be log 2);
+    metrics carry TRL's names; checkpoints at steps 2 and 4 and a Hugging Face export."""
+    env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=cpu_xla_flags(1),
+               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+    run_dir = tmp_path / "run"
+    done = subprocess.run(command(f"--config.train.run_dir={run_dir}",
+                                  "--config.train.export_hf=True"),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    rows = [r for r in read_metrics(str(run_dir)) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    first = rows[0]
+    assert first["loss"] == pytest.approx(2 * math.log(2), rel=1e-6)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert first[key] == 0.0, key
+    for r in rows:
+        assert set(dpo.METRICS) <= set(r)
+        assert r["dpo/pairs"] == 8 and r["dpo/dropped"] == 0
+        assert r["logps/chosen"] < 0 and r["logps/rejected"] < 0
+        assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"]
+                                                     - r["rewards/rejected"], abs=1e-5)
+        assert r["rewards/accuracies"] * 8 == pytest.approx(round(r["rewards/accuracies"] * 8))
+    assert any(r["rewards/margins"] != 0 for r in rows[1:])  # the policy moved off the reference
+    assert summary["first_loss"] == first["loss"] and summary["loss"] == rows[-1]["loss"]
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+    assert os.path.isfile(run_dir / "export" / "config.json")
+    assert os.path.isfile(run_dir / "export" / "model.safetensors")
+    # A missing preference file is a clear error naming it, exit status 2.
+    bad = subprocess.run(command(f"--config.train.run_dir={tmp_path / 'bad'}",
+                                 "--config.data.source=/nonexistent/pairs.jsonl"),
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "/nonexistent/pairs.jsonl" in bad.stderr
