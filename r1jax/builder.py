@@ -102,33 +102,36 @@ def build_reward_pool(cfg: RewardsConfig, data_cfg: Optional[DataConfig] = None,
     """The reward pool: `cfg.functions`, or with a data mixture each task's own functions
     (one pool routing every completion to its task's; `cfg` gives workers and timeout).
 
-    A `reward_model` entry among `cfg.functions` (r1jax.rewards.model_reward) loads that
+    A `reward_model` entry among `cfg.functions` (or a mixture task's functions) loads that
     sequence-classification model on `sharding`'s mesh and adds its weighted, normalised
-    score to every result (`per_function["reward_model"]`).
+    score to every result (`per_function["reward_model"]`, or `"<task>/reward_model"` on
+    that task's rows); the worker pool runs the other functions.
     """
     from r1jax.rewards import RewardPool
     from r1jax.rewards import model_reward
     if data_cfg is not None and data_cfg.mixture:
-        if any(f.name == model_reward.NAME for m in data_cfg.mixture for f in m.functions):
-            raise ValueError(f"reward '{model_reward.NAME}' is not available inside "
-                             "data.mixture tasks; use it in rewards.functions")
-        specs = {m.name: [(f.name, f.weight, dict(f.kwargs)) for f in m.functions]
-                 for m in data_cfg.mixture}
-        return RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
-    functions, learned = model_reward.split_specs(cfg.functions)
-    pool = RewardPool([(f.name, f.weight, dict(f.kwargs)) for f in functions],
-                      num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
-    if learned is None:
+        split = {m.name: model_reward.split_specs(m.functions) for m in data_cfg.mixture}
+        specs = {task: [(f.name, f.weight, dict(f.kwargs)) for f in rules]
+                 for task, (rules, _) in split.items()}
+        learned = {task: entry for task, (_, entry) in split.items() if entry is not None}
+    else:
+        rules, entry = model_reward.split_specs(cfg.functions)
+        specs = [(f.name, f.weight, dict(f.kwargs)) for f in rules]
+        learned = {None: entry} if entry is not None else {}
+    pool = RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
+    if not learned:
         return pool
     from r1jax.models.reward_model import load_reward_model
-    options = model_reward.ModelRewardOptions.from_kwargs(learned.kwargs)
     try:
-        scorer = load_reward_model(**options.load_kwargs(), mesh=sharding)
+        for task, entry in learned.items():
+            options = model_reward.ModelRewardOptions.from_kwargs(entry.kwargs)
+            scorer = load_reward_model(**options.load_kwargs(), mesh=sharding)
+            pool = model_reward.PoolWithModelReward(
+                pool, model_reward.ModelReward(scorer, options), entry.weight, task)
     except BaseException:
         pool.close()
         raise
-    return model_reward.PoolWithModelReward(pool, model_reward.ModelReward(scorer, options),
-                                            learned.weight)
+    return pool
 
 
 def accuracy_names(cfg: RewardsConfig, data_cfg: DataConfig) -> "str | dict":

@@ -236,8 +236,8 @@ def score_shared(pool: Any, completions: list, examples: list, lengths: list) ->
         # The reward model is one device program over the mesh: every process runs it on
         # all B rows (the same global input); the rule-based rewards are shared out.
         result = score_shared(pool.pool, completions, examples, lengths)
-        return model_reward.add_to_result(result, pool.reward(completions, examples),
-                                          pool.weight)
+        name, values = pool.model_term(completions, examples)
+        return model_reward.add_to_result(result, values, pool.weight, name)
     from r1jax.rewards.pool import RewardFailures, RewardResult
     count, me, n = jax.process_count(), jax.process_index(), len(completions)
     mine = list(range(me, n, count))

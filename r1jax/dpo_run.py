@@ -16,7 +16,6 @@ resume, SIGTERM, held-out evaluation (`eval.*`) and the Hugging Face export are
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,13 +26,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax import builder, checkpoint, dpo
-from r1jax.config import ConfigError, RunConfig, config_args, load_config
+from r1jax import builder, checkpoint, distributed, dpo
+from r1jax.config import ConfigError, RunConfig, to_dict
 from r1jax.data.preference import load_pairs, pairs_from_solutions
 from r1jax.models.decoder import param_shardings
 from r1jax.rl.steps import like_params
 from r1jax.rl.update import make_optimizer, make_schedule
-from r1jax.sft_run import SFTRun, stream_indices
+from r1jax.sft_run import SFTRun, run_command, stream_indices
 
 log = logging.getLogger("r1jax.dpo")
 
@@ -81,13 +80,12 @@ class DPORun(SFTRun):
     PHASE = "dpo"
 
     def __init__(self, cfg: RunConfig):
-        if jax.process_count() > 1:
-            raise NotImplementedError("r1jax-dpo runs on one host for now "
-                                      f"(this job has {jax.process_count()} processes)")
         o = cfg.dpo
         self.cfg = cfg
         self.run_dir = os.path.abspath(cfg.train.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
+        distributed.check_same_config(to_dict(cfg))
+        distributed.check_shared_dir(self.run_dir)
         self.sharding = builder.build_sharding(cfg.mesh)
         self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
         self.stages, self.stage_counts, self.stage = [], [], 0
@@ -177,7 +175,7 @@ class DPORun(SFTRun):
         if self.ref_params is not None:
             batch = self._reference(self.ref_params, batch)
         self.state, m = self._update(self.state, batch)
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        m = {k: float(v) for k, v in distributed.to_host(m).items()}
         lr = float(self.schedule(self.step))
         self.step += 1
         return {"loss": m["loss"], **{k: m[k] for k in dpo.METRICS},
@@ -192,25 +190,7 @@ class DPORun(SFTRun):
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point of `r1jax-dpo --config=FILE[:ARG] [--config.key=value ...]`."""
-    import sys
-    argv = list(sys.argv if argv is None else argv)
-    spec, overrides = config_args(argv, "r1jax-dpo", "configs/dpo/FILE.py")
-    if spec is None:
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from r1jax.data.sources import DataError
-    try:
-        cfg = load_config(spec, overrides)
-        run = DPORun(cfg)
-        try:
-            summary = run.run()
-        finally:
-            run.close()
-    except (ConfigError, DataError) as e:
-        print(f"r1jax-dpo: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, default=float))
-    return 0
+    return run_command(argv, "r1jax-dpo", "configs/dpo/FILE.py", DPORun)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from r1jax import builder, checkpoint, sft
+from r1jax import builder, checkpoint, distributed, sft
 from r1jax.config import (ConfigError, RunConfig, SFTStage, check_resume, config_args,
                           load_config, to_dict)
 from r1jax.data.conversations import load_conversations
 from r1jax.data.pass_rates import read_pass_rates
-from r1jax.distributed import to_host
 from r1jax.evaluation.held_out import HeldOut
 from r1jax.metrics import MetricsWriter
 from r1jax.models import save_hf
@@ -173,13 +172,12 @@ class SFTRun:
     PHASE = "sft"  # held-out evaluation tags: before_<PHASE>, after_<PHASE>
 
     def __init__(self, cfg: RunConfig):
-        if jax.process_count() > 1:
-            raise NotImplementedError("r1jax-sft runs on one host for now "
-                                      f"(this job has {jax.process_count()} processes)")
         s = cfg.sft
         self.cfg = cfg
         self.run_dir = os.path.abspath(cfg.train.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
+        distributed.check_same_config(to_dict(cfg))
+        distributed.check_shared_dir(self.run_dir)
         self.sharding = builder.build_sharding(cfg.mesh)
         self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
         if getattr(self.tokenizer, "chat_template", None) is None:
@@ -292,7 +290,7 @@ class SFTRun:
         start = time.perf_counter()
         batch, stats = self.next_batch()
         self.state, m = self._update(self.state, jax.device_put(batch, self.batch_sharding))
-        m = {k: float(v) for k, v in to_host(m).items()}
+        m = {k: float(v) for k, v in distributed.to_host(m).items()}
         lr = float(self.schedule(self.step))
         self.step += 1
         return {"sft/loss": m["sft/loss"], "sft/tokens": m["sft/tokens"],
@@ -339,7 +337,7 @@ class SFTRun:
                 writer.write(self.step, metrics)
                 self.summary.setdefault("first_loss", metrics[self.LOSS_METRIC])
                 self.summary["loss"] = metrics[self.LOSS_METRIC]
-                if self._stop_requested:
+                if distributed.any_process(self._stop_requested):  # all stop at this step
                     writer.note(f"SIGTERM: saving a checkpoint at step {self.step} and exiting")
                     self.save(wait=True)
                     self.summary["stopped_at"] = self.step
@@ -392,27 +390,35 @@ class SFTRun:
         self._stop_requested = True
 
 
-def main(argv: Optional[list] = None) -> int:
-    """Entry point of `r1jax-sft --config=FILE[:ARG] [--config.key=value ...]`."""
+def run_command(argv: Optional[list], tool: str, example: str, run_class: type) -> int:
+    """The command line of `tool` (r1jax-sft, r1jax-dpo): the config, the processes of a
+    multi-host job (`distributed`), `run_class(cfg).run()`, the summary on stdout."""
     import sys
     argv = list(sys.argv if argv is None else argv)
-    spec, overrides = config_args(argv, "r1jax-sft", "configs/sft/FILE.py")
+    spec, overrides = config_args(argv, tool, example)
     if spec is None:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from r1jax.data.sources import DataError
     try:
         cfg = load_config(spec, overrides)
-        run = SFTRun(cfg)
+        if distributed.initialize(cfg.distributed):
+            distributed.watch_processes()
+        run = run_class(cfg)
         try:
             summary = run.run()
         finally:
             run.close()
     except (ConfigError, DataError) as e:
-        print(f"r1jax-sft: {e}", file=sys.stderr)
+        print(f"{tool}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=float))
     return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of `r1jax-sft --config=FILE[:ARG] [--config.key=value ...]`."""
+    return run_command(argv, "r1jax-sft", "configs/sft/FILE.py", SFTRun)
 
 
 if __name__ == "__main__":

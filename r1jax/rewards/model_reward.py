@@ -196,11 +196,12 @@ def split_specs(functions: Sequence[Any]) -> tuple[tuple, Optional[Any]]:
 
 def add_to_result(result: RewardResult, values: np.ndarray, weight: float,
                   name: str = NAME) -> RewardResult:
-    """`result` with `weight * values` added to the total and `values` under `name`."""
+    """`result` with `weight * values` added to the total and `values` under `name`; NaN
+    values (rows the term does not score, in a multi-task pool) add nothing."""
     values = np.asarray(values, np.float64)
     if values.shape != result.total.shape:
         raise ValueError(f"{name}: {values.shape[0]} rewards for {result.total.shape[0]} rows")
-    return dataclasses.replace(result, total=result.total + weight * values,
+    return dataclasses.replace(result, total=result.total + weight * np.nan_to_num(values),
                                per_function={**result.per_function, name: values})
 
 
@@ -209,21 +210,38 @@ class PoolWithModelReward:
 
     `score` takes the pool's arguments and returns its RewardResult with `weight * reward`
     added to `total` and the normalised reward under `per_function["reward_model"]`; rows
-    with the same prompt form the groups of "group_zscore". Every other attribute is the
-    pool's.
+    with the same prompt form the groups of "group_zscore". With `task` (a multi-task
+    pool), only the rows of that task (`example["task"]`) are scored, the term is logged as
+    `"<task>/reward_model"` and is NaN on the other rows. Pools nest: one wrapper per task
+    with a reward model. Every other attribute is the pool's.
     """
 
-    def __init__(self, pool: Any, reward: ModelReward, weight: float):
+    def __init__(self, pool: Any, reward: ModelReward, weight: float,
+                 task: Optional[str] = None):
         if not math.isfinite(float(weight)):
             raise ValueError(f"reward '{NAME}': weight must be finite, got {weight}")
         self.pool = pool
         self.reward = reward
         self.weight = float(weight)
+        self.task = task
+
+    def model_term(self, completions: Sequence[str],
+                   examples: Sequence[Mapping[str, Any]]) -> tuple[str, np.ndarray]:
+        """(its per_function name, [B] normalised rewards, NaN on rows it does not score)."""
+        if self.task is None:
+            return NAME, self.reward(completions, examples)
+        rows = [i for i, ex in enumerate(examples) if ex.get("task") == self.task]
+        values = np.full(len(completions), np.nan)
+        if rows:
+            values[rows] = self.reward([completions[i] for i in rows],
+                                       [examples[i] for i in rows])
+        return f"{self.task}/{NAME}", values
 
     def score(self, completions: Sequence[str], examples: Sequence[Mapping[str, Any]],
               lengths: Optional[Sequence[int]] = None) -> RewardResult:
         result = self.pool.score(completions, examples, lengths)
-        return add_to_result(result, self.reward(completions, examples), self.weight)
+        name, values = self.model_term(completions, examples)
+        return add_to_result(result, values, self.weight, name)
 
     def __getattr__(self, name: str) -> Any:
         if name == "pool":  # not set yet (e.g. while unpickling)

@@ -187,7 +187,9 @@ class RewardPool:
         if isinstance(specs, Mapping):
             if not specs:
                 raise ValueError("a multi-task pool needs at least one task")
-            by_task = {task: make_specs(s, functions) for task, s in specs.items()}
+            # A task may have no function here (a reward model scores it outside the pool).
+            by_task = {task: make_specs(s, functions) if len(s) else ()
+                       for task, s in specs.items()}
             self.specs = tuple(s for task_specs in by_task.values() for s in task_specs)
             self.names = tuple(f"{task}/{s.name}" for task, task_specs in by_task.items()
                                for s in task_specs)

@@ -50,15 +50,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(run_dir: str, processes: int, *flags: str, logs: str = "") -> list:
-    """Starts the job as `processes` processes x (8 / processes) devices; returns them."""
+def start(run_dir: str, processes: int, *flags: str, logs: str = "",
+          command: tuple = (TRAIN, *JOB)) -> list:
+    """Starts `command` (default: the RL job) as `processes` processes x (8 / processes)
+    devices; returns them."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(8 // processes),
                JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     port = free_port()
     procs = []
     for i in range(processes):
-        cmd = [TRAIN, *JOB, f"--config.train.run_dir={run_dir}", *flags]
+        cmd = [*command, f"--config.train.run_dir={run_dir}", *flags]
         if processes > 1:
             cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                     f"--config.distributed.num_processes={processes}",
@@ -86,8 +88,8 @@ def finish(procs: list, timeout: float = TIMEOUT_S) -> list[int]:
     return codes
 
 
-def run(run_dir: str, processes: int, *flags: str) -> None:
-    codes = finish(start(run_dir, processes, *flags))
+def run(run_dir: str, processes: int, *flags: str, command: tuple = (TRAIN, *JOB)) -> None:
+    codes = finish(start(run_dir, processes, *flags, command=command))
     logs = "".join(open(f"{run_dir}.{i}.log").read()[-3000:] for i in range(processes))
     assert codes == [0] * processes, logs
 
