@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from typing import Any, Optional
 
@@ -92,41 +93,72 @@ def initialize(cfg: DistributedConfig) -> bool:
 EXIT_PROCESS_LOST = 3
 
 
-def watch_processes(poll_s: float = 2.0) -> None:
+def _lost_processes() -> Optional[list]:
+    """The processes the coordination service no longer counts as alive (None: it did not
+    answer)."""
+    from jax._src import distributed as jax_distributed
+    ids = list(range(jax.process_count()))
+    try:
+        live = jax_distributed.global_state.client.get_live_nodes(ids)
+    except Exception:  # noqa: BLE001 - the service is gone or in error: no answer
+        return None
+    return [i for i in ids if i not in live]
+
+
+def _exit_lost(lost: list, cause: str = "") -> None:
+    """Says which processes were lost and ends this one with EXIT_PROCESS_LOST, skipping
+    JAX's shutdown barrier (which would wait for the lost ones)."""
+    who = (f"lost process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "
+           f"{jax.process_count()}" if lost else "lost another process of the job")
+    sys.stderr.write(f"r1jax: {who} (killed, out of memory, or its host is down){cause}; "
+                     f"process {jax.process_index()} stops. Restart the job to resume from "
+                     "the last complete checkpoint.\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PROCESS_LOST)
+
+
+def watch_processes(poll_s: float = 1.0) -> None:
     """Fails fast when another process of the job is lost.
 
     A daemon thread asks the coordination service every `poll_s` seconds which processes
     are alive; when one is missing (killed, out of memory, its host down: the service drops
-    it as soon as its connection closes, or after distributed.heartbeat_timeout_s without a
-    heartbeat) this process prints which one and exits with EXIT_PROCESS_LOST, instead of
-    waiting in a collective that can no longer complete. Restarting the job resumes from the
-    last complete checkpoint. Stops at interpreter exit, before JAX's own shutdown barrier.
+    it when its connection closes, at the latest after distributed.heartbeat_timeout_s
+    without a heartbeat) this process prints which one and exits with EXIT_PROCESS_LOST,
+    instead of waiting in a collective that can no longer complete. Restarting the job
+    resumes from the last complete checkpoint. (When the service declares the loss itself
+    first, JAX ends the process with its own message, "Task N heartbeat timeout".)
     """
     if not multi_process():
         return
-    from jax._src import distributed as jax_distributed
-    client = jax_distributed.global_state.client
-    ids = list(range(jax.process_count()))
     done = threading.Event()
 
     def run():
         while not done.wait(poll_s):
-            try:
-                live = client.get_live_nodes(ids)
-            except Exception:  # noqa: BLE001 - the service itself ends the process then
-                continue
-            lost = [i for i in ids if i not in live]
+            lost = _lost_processes()
             if lost and not done.is_set():
-                sys.stderr.write(
-                    f"r1jax: lost process{'es' if len(lost) > 1 else ''} "
-                    f"{', '.join(map(str, lost))} of {len(ids)} (killed, out of memory, or "
-                    f"its host is down); process {jax.process_index()} stops. Restart the "
-                    "job to resume from the last complete checkpoint.\n")
-                sys.stderr.flush()
-                os._exit(EXIT_PROCESS_LOST)
+                _exit_lost(lost)
 
     threading.Thread(target=run, name="r1jax-watch-processes", daemon=True).start()
     atexit.register(done.set)
+
+
+def exit_if_peer_lost(error: BaseException, wait_s: float = 10.0) -> None:
+    """Called with an error that ends a multi-process job: when it is a collective failing
+    because another process is gone (its connection closed), says which process and exits
+    with EXIT_PROCESS_LOST at once, instead of a traceback and a shutdown barrier that waits
+    for the lost process until the heartbeat timeout. Returns for any other error."""
+    if not multi_process() or not isinstance(error, jax.errors.JaxRuntimeError):
+        return
+    peer_gone = any(s in str(error) for s in ("Connection closed", "Connection reset",
+                                              "Broken pipe", "heartbeat"))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        lost = _lost_processes()
+        if lost:
+            _exit_lost(lost, f"; a collective failed: {str(error)[:300]}")
+        time.sleep(0.25)
+    if peer_gone:
+        _exit_lost([], f"; a collective failed: {str(error)[:300]}")
 
 
 def multi_process() -> bool:

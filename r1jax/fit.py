@@ -152,8 +152,9 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
         TpuSlice.
       preset: the architecture when model.path has no config.json here (module docstring).
       overrides: absl-style config overrides ("rollout.max_slots=256").
-      programs: which of PROGRAMS to compile: r1jax-train's (RL_PROGRAMS, the default),
-        or "sft" for an r1jax-sft config (configs/sft/).
+      programs: which of PROGRAMS to compile: r1jax-train's (RL_PROGRAMS, the default;
+        with "reward_model" added when the config scores with a reward model), or "sft" for
+        an r1jax-sft config (configs/sft/).
       fast: compile with the lowest optimization effort (module docstring).
 
     Returns:
@@ -179,13 +180,16 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
     except ValueError as e:
         raise FitUsageError(f"config.mesh on {tpu.name} ({tpu.chips} chips): {e}") from None
     built = RunPrograms(cfg, model, sharding)
+    if tuple(programs) == RL_PROGRAMS and built.reward_models:
+        programs = RL_PROGRAMS + ("reward_model",)  # the run scores with it every step
     fits = tuple(compile_program(getattr(built, name)(), fast) for name in programs)
     return FitReport(config=spec, slice=tpu, mesh=dict(sharding.mesh.shape), model=origin,
                      programs=fits)
 
 
 USAGE = """usage: r1jax-fit --config=FILE[:ARG] --topology=SLICE [--preset NAME]
-                 [--programs=prefill,decode,rollout,logprobs,update | --programs=sft]
+                 [--programs=prefill,decode,rollout,logprobs,update[,reward_model]
+                  | --programs=sft]
                  [--fast] [--json]
                  [--config.KEY=VALUE ...]
   SLICE: a gcloud accelerator type (v5p-128, v5litepod-256, v6e-64, v4-64) or a topology

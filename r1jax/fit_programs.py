@@ -17,10 +17,13 @@ config's shapes, from sharded `jax.ShapeDtypeStruct`s (nothing is allocated).
 - `update`: `make_update_fn` over one minibatch (split into microbatches inside), the train
   state {params in param_dtype, AdamW state sharded like them, step} donated, as `RLSteps`.
 
+- `reward_model` (when a `reward_model` reward is configured): its scoring program
+  (`reward_model.sequence_scores`) over one batch of batch_size x max_length tokens.
 Beside its own buffers, each program counts the arrays that stay in HBM while it runs
 without being its arguments ("resident"): the train state during the rollout (the decode
 loop reads a compute-dtype copy of the weights), the frozen reference policy when
-kl_beta > 0, and the step's whole rollout batch while its pieces are updated on.
+kl_beta > 0, the reward models' weights, and the step's whole rollout batch while its
+pieces are updated on.
 
 Glossary: P prompts, N decode rows, Sp prompt tokens, T new tokens, S = Sp + T, G group size.
 """
@@ -28,6 +31,7 @@ Glossary: P prompts, N decode rows, Sp prompt tokens, T new tokens, S = Sp + T, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -52,7 +56,15 @@ from r1jax.sampling.processors import SamplingParams, sample
 from r1jax.sharding import Sharding, make_mesh, merge_rules
 
 RL_PROGRAMS = ("prefill", "decode", "rollout", "logprobs", "update")  # r1jax-train's
-PROGRAMS = RL_PROGRAMS + ("sft",)  # "sft": one r1jax-sft step
+# "reward_model": one scoring batch of the run's reward model (added to RL_PROGRAMS when
+# the config has one); "sft": one r1jax-sft step.
+PROGRAMS = RL_PROGRAMS + ("reward_model", "sft")
+
+
+def reward_model_entries(cfg: RunConfig) -> list:
+    """The `reward_model` entries among the run's reward functions (mixture tasks too)."""
+    functions = list(cfg.rewards.functions) + [f for m in cfg.data.mixture for f in m.functions]
+    return [f for f in functions if f.name == "reward_model"]
 
 
 class FitUsageError(ValueError):
@@ -190,9 +202,27 @@ class RunPrograms:
         self.rows = cfg.train.prompts_per_step * cfg.rollout.group_size
         self.width = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
         params_bytes = chip_bytes(self.params)
+        self.reward_models = [self._reward_model(e) for e in reward_model_entries(cfg)]
         self.bytes = {"params": params_bytes, "opt_state": chip_bytes(self.opt_state),
                       "reference": params_bytes if algo.kl_beta > 0 else 0,
+                      "reward models": sum(chip_bytes(rm[1:3]) for rm in self.reward_models),
                       "rollout batch": chip_bytes(self.batch(self.rows))}
+
+    def _reward_model(self, entry: Any) -> tuple:
+        """(its options, abstract decoder params, abstract score head, ModelConfig) of a
+        `reward_model` entry, from the config.json in its `path`."""
+        from r1jax.models import reward_model
+        from r1jax.rewards.model_reward import ModelRewardOptions
+        options = ModelRewardOptions.from_kwargs(entry.kwargs)
+        if not os.path.exists(os.path.join(options.path, "config.json")):
+            raise FitUsageError(f"reward_model path {options.path!r} has no config.json here "
+                                "(r1jax-fit reads the reward model's architecture from it)")
+        model, head = reward_model.reward_model_config(read_hf_config(options.path),
+                                                       options.path, options.dtype)
+        sh = self.sharding
+        params = _abstract(decoder.abstract_params(model), decoder.param_shardings(model, sh))
+        head = _sds(head.shape, jnp.dtype(model.param_dtype), sh.named(head.axes, head.shape))
+        return options, params, head, model
 
     def _resident(self, *names: str) -> dict:
         return {n: self.bytes[n] for n in names if self.bytes[n]}
@@ -229,7 +259,7 @@ class RunPrograms:
 
         return Program("prefill", jax.jit(prefill), (self.params, tokens, lens),
                        ("params", "prompts", "lengths"), f"[{rows}, {width}] prompts",
-                       self._resident("opt_state", "reference"))
+                       self._resident("opt_state", "reference", "reward models"))
 
     def decode(self) -> Program:
         m, sh = self.model, self.sharding
@@ -264,7 +294,7 @@ class RunPrograms:
                        (f"weights ({m.dtype})", f"lm head + embedding ({m.dtype})",
                         "kv cache", "tokens", "positions", "seed"),
                        f"{rows} rows x {self.width} cache slots",
-                       self._resident("params", "opt_state", "reference"))
+                       self._resident("params", "opt_state", "reference", "reward models"))
 
     def rollout(self) -> Program:
         """The sampler's program for one generation batch, as the trainer's Sampler builds
@@ -299,7 +329,7 @@ class RunPrograms:
         slots = f"{r.max_slots} slots" if r.max_slots else "one static batch"
         return Program("rollout", fn, args, ("params", "prompts", "lengths", "count", "seed"),
                        f"{prompts} prompts x {r.group_size}, {slots}",
-                       self._resident("opt_state", "reference"))
+                       self._resident("opt_state", "reference", "reward models"))
 
     def _sampling(self) -> SamplingParams:
         r = self.cfg.rollout
@@ -312,7 +342,8 @@ class RunPrograms:
         fn = jax.jit(make_logprob_fn(self.model, self.sharding, 1.0))
         return Program("logprobs", fn, (self.params, self.batch(rows)),
                        ("params", "microbatch"), f"[{rows}, {self.width}] microbatch",
-                       self._resident("opt_state", "reference", "rollout batch"))
+                       self._resident("opt_state", "reference", "reward models",
+                                      "rollout batch"))
 
     def update(self) -> Program:
         algo = self.cfg.algo
@@ -326,8 +357,31 @@ class RunPrograms:
         return Program("update", jitted, (state, self.batch(rows)),
                        ("params + opt_state", "minibatch"),
                        f"[{rows}, {self.width}] minibatch in {algo.microbatches} "
-                       "microbatches", self._resident("reference", "rollout batch"))
+                       "microbatches", self._resident("reference", "reward models",
+                                                      "rollout batch"))
 
+
+    def reward_model(self) -> Program:
+        """One scoring batch of the (largest) reward model: batch_size rows of max_length
+        tokens, as `RewardModel.score` runs them right after the rollout."""
+        from r1jax.models.reward_model import sequence_scores
+        if not self.reward_models:
+            raise FitUsageError("program 'reward_model': the config has no reward_model "
+                                "reward function")
+        options, params, head, model = max(self.reward_models,
+                                           key=lambda rm: chip_bytes(rm[1:3]))
+        par = self.sharding.batch_parallelism
+        rows = -(-options.batch_size // par) * par
+        ids = _sds((rows, options.max_length), jnp.int32, self.batch_sharding)
+        last = _sds((rows,), jnp.int32, self.batch_sharding)
+        fn = jax.jit(functools.partial(sequence_scores, cfg=model, sharding=self.sharding))
+        others = chip_bytes([rm[1:3] for rm in self.reward_models]) - chip_bytes((params, head))
+        resident = self._resident("params", "opt_state", "reference", "rollout batch")
+        if others:
+            resident["other reward models"] = others
+        return Program("reward_model", fn, (params, head, ids, ids, last),
+                       ("reward model", "score head", "tokens", "segment ids", "last"),
+                       f"[{rows}, {options.max_length}] scored rows", resident)
 
     def sft(self) -> Program:
         """One r1jax-sft optimizer step (`SFTRun`): `sft.batch_size` conversations packed

@@ -407,6 +407,9 @@ def run_command(argv: Optional[list], tool: str, example: str, run_class: type) 
         run = run_class(cfg)
         try:
             summary = run.run()
+        except Exception as e:  # noqa: BLE001 - a lost process ends the job with its name
+            distributed.exit_if_peer_lost(e)
+            raise
         finally:
             run.close()
     except (ConfigError, DataError) as e:

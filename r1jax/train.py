@@ -422,6 +422,9 @@ def main(argv: Optional[list] = None) -> int:
         trainer = Trainer(cfg)
         try:
             summary = trainer.run()
+        except Exception as e:  # noqa: BLE001 - a lost process ends the job with its name
+            distributed.exit_if_peer_lost(e)
+            raise
         finally:
             trainer.close()
     except ConfigError as e:

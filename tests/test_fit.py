@@ -204,6 +204,46 @@ def test_prefill_and_decode_steps_hold_what_is_computed_by_hand():
     assert prefill.argument_bytes == pytest.approx(4 * n / chips, rel=0.02)
 
 
+def test_a_reward_model_is_resident_and_its_scoring_program_compiled(tmp_path):
+    """The 1.5B GRPO recipe plus a reward model (Qwen2.5-0.5B-shaped
+    Qwen2ForSequenceClassification, bfloat16; only its config.json exists here): its weights
+    are resident beside the rollout, and its scoring batch is a program of its own."""
+    rm_dir = tmp_path / "rm"
+    rm_dir.mkdir()
+    base = PRESETS["qwen2.5-0.5b"]
+    hf = dict(model_type="qwen2", architectures=["Qwen2ForSequenceClassification"],
+              hidden_size=base["hidden_size"], intermediate_size=base["intermediate_size"],
+              num_hidden_layers=base["num_hidden_layers"],
+              num_attention_heads=base["num_attention_heads"],
+              num_key_value_heads=base["num_key_value_heads"],
+              vocab_size=base["vocab_size"], max_position_embeddings=32768, num_labels=1,
+              pad_token_id=151643, rms_norm_eps=1e-6, rope_theta=1e6)
+    (rm_dir / "config.json").write_text(json.dumps(hf))
+    functions = ("[{'name': 'accuracy', 'weight': 1.0, 'kwargs': {'mode': 'boxed'}}, "
+                 "{'name': 'reward_model', 'weight': 0.5, 'kwargs': {'path': '%s', "
+                 "'dtype': 'bfloat16', 'batch_size': 64, 'max_length': 2048}}]" % rm_dir)
+    config = os.path.join(ROOT, "configs", "grpo_qwen2_5_math_1_5b_gsm8k.py")
+    name = recommended("grpo_qwen2_5_math_1_5b_gsm8k.py")[0]
+    code, text, report = run_fit(f"--config={config}", f"--topology={name}",
+                                 "--programs=prefill,reward_model",
+                                 f"--config.rewards.functions={functions}")
+    assert code == 0, text
+    chips = parse_slice(name).chips
+    # Decoder without an LM head (the embedding counted once) + the [D, 1] head, bf16.
+    d, v, f, layers = (hf["hidden_size"], hf["vocab_size"], hf["intermediate_size"],
+                       hf["num_hidden_layers"])
+    kv = hf["num_key_value_heads"] * d // hf["num_attention_heads"]
+    per_layer = d * (d + 2 * kv) + (d + 2 * kv) + d * d + 3 * d * f + 2 * d
+    rm_bytes = 2 * (v * d + layers * per_layer + d + d)
+    assert report.program("prefill").resident_bytes["reward models"] == \
+        pytest.approx(rm_bytes / chips, rel=0.02)
+    scoring = report.program("reward_model")
+    assert scoring.shapes == "[64, 2048] scored rows"
+    tokens = 3 * 64 * 2048 * 4 + 64 * 4  # tokens, segment ids, last
+    assert scoring.argument_bytes == pytest.approx((rm_bytes + tokens) / chips, rel=0.02)
+    assert {"params", "opt_state"} <= set(scoring.resident_bytes)
+
+
 def test_32b_rollout_compiles_and_fits_at_512_slots():
     # Twice the recipe's slots: the engine's insertion of prompts into a row-sharded cache
     # once failed XLA:TPU's HLO verifier here.

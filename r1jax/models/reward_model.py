@@ -274,6 +274,24 @@ def _check_architecture(hf: dict, path: str) -> str:
     return family
 
 
+def reward_model_config(hf: dict, path: str, dtype: str = "float32",
+                        compute_dtype: Optional[str] = None,
+                        **model_options: Any) -> tuple[ModelConfig, ParamSpec]:
+    """(the decoder's ModelConfig, the score head's ParamSpec [D, num_labels]) of a
+    sequence-classification checkpoint's config.json `hf` (read from `path`).
+
+    Raises:
+      UnsupportedModelError: another architecture.
+    """
+    family = _check_architecture(hf, path)
+    num_labels = _num_labels(hf)
+    body = {k: v for k, v in hf.items() if k != "num_labels"}
+    body.update(architectures=[hf_config.FAMILIES[family]], tie_word_embeddings=True)
+    cfg = hf_config.model_config_from_hf(body, param_dtype=dtype, dtype=compute_dtype or dtype,
+                                         **model_options)
+    return cfg, ParamSpec((cfg.hidden_size, num_labels), ("embed", None), "normal")
+
+
 def load_reward_model(path: str, *, tokenizer: Any = None, label: Union[None, int, str] = None,
                       dtype: str = "float32", compute_dtype: Optional[str] = None,
                       mesh: Union[None, Mesh, Sharding] = None, format: str = "auto",
@@ -298,15 +316,9 @@ def load_reward_model(path: str, *, tokenizer: Any = None, label: Union[None, in
       ValueError: num_labels > 1 without `label`, or a label the model does not have.
     """
     hf = hf_io.read_hf_config(path)
-    family = _check_architecture(hf, path)
-    num_labels = _num_labels(hf)
-    label_index = _label_index(hf, num_labels, label)
-    body = {k: v for k, v in hf.items() if k != "num_labels"}
-    body.update(architectures=[hf_config.FAMILIES[family]], tie_word_embeddings=True)
-    cfg = hf_config.model_config_from_hf(body, param_dtype=dtype, dtype=compute_dtype or dtype,
-                                         **model_options)
+    cfg, head_spec = reward_model_config(hf, path, dtype, compute_dtype, **model_options)
+    label_index = _label_index(hf, head_spec.shape[1], label)
     sharding = hf_io._as_sharding(mesh)
-    head_spec = ParamSpec((cfg.hidden_size, num_labels), ("embed", None), "normal")
     params = hf_io.load_params(path, cfg, sharding, extra=((HEAD_MAP, head_spec),))
     head = params.pop("score")
     decoder = Decoder(cfg, params=params, sharding=sharding, source_dir=os.path.abspath(path),
