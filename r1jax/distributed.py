@@ -224,6 +224,17 @@ def check_same_config(config: dict) -> None:
                           "--config flags, apart from distributed.*)")
 
 
+def prepare_run_dir(config: dict, run_dir: str) -> str:
+    """The run directory (absolute, created) of a job whose config is `config` (its
+    `to_dict` form), after the start-up checks every process makes: the same config on all
+    processes, and the directory shared by all of them."""
+    run_dir = os.path.abspath(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    check_same_config(config)
+    check_shared_dir(run_dir)
+    return run_dir
+
+
 def check_shared_dir(path: str) -> None:
     """Refuses to start when `path` (train.run_dir) is not the same directory on every
     process: process 0 writes a marker there and every process must see it.

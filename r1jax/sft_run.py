@@ -174,10 +174,7 @@ class SFTRun:
     def __init__(self, cfg: RunConfig):
         s = cfg.sft
         self.cfg = cfg
-        self.run_dir = os.path.abspath(cfg.train.run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        distributed.check_same_config(to_dict(cfg))
-        distributed.check_shared_dir(self.run_dir)
+        self.run_dir = distributed.prepare_run_dir(to_dict(cfg), cfg.train.run_dir)
         self.sharding = builder.build_sharding(cfg.mesh)
         self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
         if getattr(self.tokenizer, "chat_template", None) is None:

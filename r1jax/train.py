@@ -46,10 +46,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.run_dir = os.path.abspath(cfg.train.run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        distributed.check_same_config(to_dict(cfg))
-        distributed.check_shared_dir(self.run_dir)
+        self.run_dir = distributed.prepare_run_dir(to_dict(cfg), cfg.train.run_dir)
         self.sharding = builder.build_sharding(cfg.mesh)
         self.tokenizer = builder.build_tokenizer(cfg.model, self.run_dir)
         model = builder.build_policy(cfg.model, self.sharding, self.tokenizer)
