@@ -13,18 +13,17 @@ from tests.models.test_reward_model import make_seq_cls
 VOCAB = "0123456789+=,"
 
 
-def test_rule_and_model_rewards_are_both_logged_and_summed(make_config, tmp_path):
+def reward_model_dir(tmp_path, family: str) -> str:
+    """A random-weight `family` sequence-classification model over the char vocabulary."""
     tok = make_char_tokenizer(VOCAB)
     rm_dir = str(tmp_path / "rm")
-    make_seq_cls("qwen2", vocab=len(tok), pad_token_id=tok.pad_token_id).save_pretrained(rm_dir)
+    make_seq_cls(family, vocab=len(tok), pad_token_id=tok.pad_token_id).save_pretrained(rm_dir)
     tok.save_pretrained(rm_dir)
-    functions = [dict(name="accuracy", weight=1.0, kwargs=dict(mode="answer_tag")),
-                 dict(name="format", weight=0.1, kwargs={}),
-                 dict(name="reward_model", weight=0.5,
-                      kwargs=dict(path=rm_dir, format="concat", normalize="affine",
-                                  scale=2.0, shift=0.0))]
-    cfg = make_config(rewards=dict(functions=functions), sft=dict(steps=0),
-                      eval=dict(source=None), train=dict(steps=2))
+    return rm_dir
+
+
+def run_recording_scores(cfg) -> tuple[Trainer, list]:
+    """Runs the trainer; returns it and every (texts, rows, RewardResult) its pool scored."""
     trainer = Trainer(cfg)
     scored = []
     score = trainer.pool.score
@@ -38,6 +37,20 @@ def test_rule_and_model_rewards_are_both_logged_and_summed(make_config, tmp_path
         trainer.run()
     finally:
         trainer.close()
+    return trainer, scored
+
+
+def test_rule_and_model_rewards_are_both_logged_and_summed(make_config, tmp_path):
+    tok = make_char_tokenizer(VOCAB)
+    rm_dir = reward_model_dir(tmp_path, "qwen2")
+    functions = [dict(name="accuracy", weight=1.0, kwargs=dict(mode="answer_tag")),
+                 dict(name="format", weight=0.1, kwargs={}),
+                 dict(name="reward_model", weight=0.5,
+                      kwargs=dict(path=rm_dir, format="concat", normalize="affine",
+                                  scale=2.0, shift=0.0))]
+    cfg = make_config(rewards=dict(functions=functions), sft=dict(steps=0),
+                      eval=dict(source=None), train=dict(steps=2))
+    _, scored = run_recording_scores(cfg)
     rows = [r for r in read_metrics(cfg.train.run_dir) if "reward/mean" in r]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -61,9 +74,7 @@ def test_a_mixture_task_rewarded_by_the_model_alone(make_config, tmp_path):
     """Two tasks: "rule" by answer-tag accuracy, "open" by the reward model only (its
     accuracy: a positive score). The model scores the "open" rows and nothing else."""
     tok = make_char_tokenizer(VOCAB)
-    rm_dir = str(tmp_path / "rm")
-    make_seq_cls("llama", vocab=len(tok), pad_token_id=tok.pad_token_id).save_pretrained(rm_dir)
-    tok.save_pretrained(rm_dir)
+    rm_dir = reward_model_dir(tmp_path, "llama")
     common = dict(source="arithmetic", template="plain", recipe=None, system_prompt=None,
                   limit=None, num_generated=200, task_options=dict(terms=2, digits=1))
     mixture = [
@@ -75,19 +86,7 @@ def test_a_mixture_task_rewarded_by_the_model_alone(make_config, tmp_path):
                              kwargs=dict(path=rm_dir, format="concat"))], **common)]
     cfg = make_config(data=dict(mixture=mixture), sft=dict(steps=0), eval=dict(source=None),
                       train=dict(steps=1, prompts_per_step=4))
-    trainer = Trainer(cfg)
-    scored = []
-    score = trainer.pool.score
-
-    def spy(texts, rows, lengths=None):
-        out = score(texts, rows, lengths)
-        scored.append((list(texts), list(rows), out))
-        return out
-    trainer.pool.score = spy
-    try:
-        trainer.run()
-    finally:
-        trainer.close()
+    _, scored = run_recording_scores(cfg)
     texts, rows, out = scored[0]
     tasks = np.array([r["task"] for r in rows])
     assert {"rule", "open"} == set(tasks)
