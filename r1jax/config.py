@@ -626,7 +626,9 @@ class DPOConfig:
     row when they fit, with `pair_in_one_row`), `steps` steps or with steps 0 `epochs`
     passes; `overflow` and `microbatches` as in `sft`; the optimizer is the `optim` section.
     The loss: `loss_type` ("sigmoid" = DPO, "ipo", "nca_pair") with strength `beta` and, for
-    "sigmoid", conservative-DPO `label_smoothing`; the reference is the starting policy
+    "sigmoid", conservative-DPO `label_smoothing`; `sft_weight` > 0 adds that multiple of the
+    chosen responses' negative log-likelihood per token (RPO; TRL's loss_type [..., "sft"]
+    with loss_weights [1, sft_weight]); the reference is the starting policy
     ("policy") or the pairs' stored `ref_chosen_logps` / `ref_rejected_logps`
     ("precomputed"). `sample_chosen` / `sample_rejected`: how the "samples" layout picks a
     pair from one prompt's completions (`r1jax.data.preference.select_pair`).
@@ -635,6 +637,7 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    sft_weight: float = 0.0
     reference: str = "policy"
     layout: str = "auto"
     batch_size: int = 8
@@ -655,6 +658,7 @@ class DPOConfig:
         _check(0 <= self.label_smoothing < 0.5, path, "label_smoothing", "must be in [0, 0.5)")
         _check(self.label_smoothing == 0 or self.loss_type == "sigmoid", path,
                "label_smoothing", f"applies to loss_type 'sigmoid' only, not {self.loss_type!r}")
+        _check(self.sft_weight >= 0, path, "sft_weight", "must be >= 0")
         _check(self.reference in ("policy", "precomputed"), path, "reference",
                "must be 'policy' or 'precomputed'")
         _check(self.batch_size >= 1, path, "batch_size", "must be >= 1")

@@ -18,10 +18,16 @@ and Delta = r_c - r_r. Per-pair losses (`dpo_losses`; all as TRL 1.16's `DPOTrai
 - "nca_pair" (NCA, Chen et al. 2024, used by Light-R1's DPO stage): -log sigma(beta r_c)
   - 0.5 log sigma(-beta r_c) - 0.5 log sigma(-beta r_r).
 
-The batch loss is the mean over the optimizer batch's pairs. Metrics carry TRL's names:
+The batch loss is the mean over the optimizer batch's pairs, plus, with `sft_weight` w > 0,
+w times the chosen responses' negative log-likelihood per token: -(sum of every chosen
+response token's log-prob) / (their count) over the batch (`sft_loss`; RPO, Pang et al.
+2024, whose reasoning gains needed it; TRL's loss_type ["sigmoid", "sft"] with loss_weights
+[1, w]). Without it DPO lowers the chosen responses' likelihood too (both log-ratios
+fall, the rejected one faster). Metrics carry TRL's names:
 rewards/chosen = mean beta r_c, rewards/rejected = mean beta r_r, rewards/margins = their
 mean difference, rewards/accuracies = the share of pairs with beta r_c > beta r_r (strictly),
-logps/chosen and logps/rejected = mean sequence log-probs of the policy, loss.
+logps/chosen and logps/rejected = mean sequence log-probs of the policy, loss; and
+sft_loss (logged whatever w is).
 
 The reference is the starting policy (`reference="policy"`: its log-probs computed per
 batch from a frozen copy of the initial parameters, `make_reference_fn`) or numbers stored
@@ -126,6 +132,25 @@ def dpo_losses(chosen_logps: jax.Array, rejected_logps: jax.Array,
     return -jax.nn.log_sigmoid(beta * chosen_ratio) \
         - 0.5 * jax.nn.log_sigmoid(-beta * chosen_ratio) \
         - 0.5 * jax.nn.log_sigmoid(-beta * rejected_ratio)
+
+
+def sft_loss(chosen_logps: jax.Array, pair_weights: jax.Array,
+             chosen_tokens: jax.Array) -> jax.Array:
+    """A microbatch's share of the batch's chosen-response NLL per token (scalar).
+
+    Args:
+      chosen_logps: [N] policy sequence log-probs of the chosen responses.
+      pair_weights: [N] 1 for a real pair, 0 for an unused slot.
+      chosen_tokens: scalar, the chosen response tokens of the whole batch (at least 1).
+    """
+    return -jnp.sum(chosen_logps * pair_weights) / chosen_tokens
+
+
+def chosen_token_count(batch: "DPOBatch") -> jax.Array:
+    """The chosen response tokens of a whole batch (scalar float32, at least 1): targets
+    with weight 1 whose sequence id is even (2j = pair j's chosen response)."""
+    chosen = (batch.sequence_ids >= 0) & (batch.sequence_ids % 2 == 0)
+    return jnp.maximum(jnp.sum(batch.weights * chosen), 1.0)
 
 
 def pair_metrics(chosen_logps: jax.Array, rejected_logps: jax.Array,
@@ -368,11 +393,12 @@ def make_reference_fn(cfg: ModelConfig, sharding: Optional[Sharding], microbatch
 
 
 def make_dpo_loss(cfg: ModelConfig, sharding: Optional[Sharding], *, beta: float,
-                  loss_type: str, label_smoothing: float = 0.0):
-    """`loss_fn(params, piece, pairs) -> (loss, metric sums)`: a microbatch's share of the
-    batch's mean per-pair loss and metrics (`pairs` = the batch's pair count)."""
+                  loss_type: str, label_smoothing: float = 0.0, sft_weight: float = 0.0):
+    """`loss_fn(params, piece, pairs, chosen_tokens) -> (loss, metric sums)`: a microbatch's
+    share of the batch's loss and metrics (`pairs` = the batch's pair count,
+    `chosen_tokens` = its chosen response tokens, the `sft_loss` denominator)."""
 
-    def loss_fn(params, piece: DPOBatch, pairs):
+    def loss_fn(params, piece: DPOBatch, pairs, chosen_tokens):
         chosen, rejected, n_c, n_r = batch_sequence_logps(params, piece, cfg, sharding)
         refs = (piece.ref_chosen_logps, piece.ref_rejected_logps)
         per_pair = dpo_losses(chosen, rejected, *refs, beta=beta, loss_type=loss_type,
@@ -381,28 +407,35 @@ def make_dpo_loss(cfg: ModelConfig, sharding: Optional[Sharding], *, beta: float
         w = piece.pair_weights
         sums = {k: jnp.sum(v * w) / pairs
                 for k, v in pair_metrics(chosen, rejected, *refs, beta=beta).items()}
-        return jnp.sum(per_pair * w) / pairs, dict(sums, pairs=jnp.sum(w))
+        nll = sft_loss(chosen, w, chosen_tokens)
+        loss = jnp.sum(per_pair * w) / pairs
+        if sft_weight:
+            loss = loss + sft_weight * nll
+        return loss, dict(sums, pairs=jnp.sum(w), sft_loss=jax.lax.stop_gradient(nll))
 
     return loss_fn
 
 
 def make_dpo_update(cfg: ModelConfig, tx: optax.GradientTransformation,
                     sharding: Optional[Sharding], *, beta: float, loss_type: str,
-                    label_smoothing: float = 0.0, microbatches: int = 1):
+                    label_smoothing: float = 0.0, sft_weight: float = 0.0,
+                    microbatches: int = 1):
     """`update(state, batch) -> (state, metrics)`: one optimizer step on a `DPOBatch` (with
     its reference log-probs filled in) through the shared machinery (`accumulate_grads`,
     `apply_update`: clipping, AdamW, skip of non-finite or empty updates).
 
-    Each microbatch divides by the batch's pair count, so the summed loss, metrics and
-    gradient are the batch means whatever the microbatching and packing.
+    Each microbatch divides by the batch's pair count (and chosen token count), so the
+    summed loss, metrics and gradient are the batch means whatever the microbatching and
+    packing.
     """
     from r1jax.rl.update import accumulate_grads, apply_update
     dpo_loss = make_dpo_loss(cfg, sharding, beta=beta, loss_type=loss_type,
-                             label_smoothing=label_smoothing)
+                             label_smoothing=label_smoothing, sft_weight=sft_weight)
 
     def update(state, batch: DPOBatch):
         pairs = jnp.maximum(jnp.sum(batch.pair_weights), 1.0)
-        loss, sums, grads = accumulate_grads(lambda p, piece: dpo_loss(p, piece, pairs),
+        tokens = chosen_token_count(batch)
+        loss, sums, grads = accumulate_grads(lambda p, piece: dpo_loss(p, piece, pairs, tokens),
                                              state["params"], batch, microbatches)
         state, opt = apply_update(state, grads, loss, tx, tokens=sums["pairs"])
         return state, dict(sums, loss=loss, grad_norm=opt["grad_norm"],

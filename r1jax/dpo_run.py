@@ -113,6 +113,7 @@ class DPORun(SFTRun):
         self._update = jax.jit(
             dpo.make_dpo_update(self.model_config, self.tx, self.sharding, beta=o.beta,
                                 loss_type=o.loss_type, label_smoothing=o.label_smoothing,
+                                sft_weight=o.sft_weight,
                                 microbatches=o.microbatches),
             donate_argnums=0, out_shardings=(self.state_sharding, None))
         self.checkpointer = checkpoint.Checkpointer(
@@ -177,7 +178,7 @@ class DPORun(SFTRun):
         self.step += 1
         return {"loss": m["loss"], **{k: m[k] for k in dpo.METRICS},
                 "grad_norm": m["grad_norm"], "skipped_updates": m["skipped"], "lr": lr,
-                "dpo/pairs": m["pairs"], "dpo/truncated": float(stats.truncated),
+                "dpo/pairs": m["pairs"], "dpo/sft_loss": m["sft_loss"], "dpo/truncated": float(stats.truncated),
                 "dpo/dropped": float(stats.dropped), "dpo/rows": float(stats.rows),
                 "dpo/packing_efficiency": stats.efficiency,
                 "dpo/batch_rows": float(batch.tokens.shape[0]),

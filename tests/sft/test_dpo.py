@@ -71,9 +71,12 @@ def trl(models, tmp_path_factory):
                       train_dataset=data, processing_class=make_char_tokenizer("abcdefgh "))
 
 
-def trl_step(trainer, pairs, loss_type, label_smoothing=0.0):
-    """TRL's loss, gradients (HF names) and metrics on one batch of `pairs`."""
+def trl_step(trainer, pairs, loss_type, label_smoothing=0.0, sft_weight=0.0):
+    """TRL's loss, gradients (HF names) and metrics on one batch of `pairs`; with
+    sft_weight, TRL's "sft" loss added with that weight (its RPO form)."""
     trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+    if sft_weight:
+        trainer.loss_types, trainer.loss_weights = [loss_type, "sft"], [1.0, sft_weight]
     trainer.label_smoothing = label_smoothing
     model = trainer.model
     examples = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
@@ -109,12 +112,13 @@ def reference_program(cfg):
 
 
 @functools.lru_cache(maxsize=None)
-def grad_program(cfg, loss_type, label_smoothing):
+def grad_program(cfg, loss_type, label_smoothing, sft_weight=0.0):
     """Jitted loss, metric sums and gradient of one batch."""
     loss_fn = dpo.make_dpo_loss(cfg, None, beta=BETA, loss_type=loss_type,
-                                label_smoothing=label_smoothing)
-    return jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, jnp.sum(b.pair_weights)),
-                                      has_aux=True))
+                                label_smoothing=label_smoothing, sft_weight=sft_weight)
+    return jax.jit(jax.value_and_grad(
+        lambda p, b: loss_fn(p, b, jnp.sum(b.pair_weights), dpo.chosen_token_count(b)),
+        has_aux=True))
 
 
 def padded(batch, rows, length):
@@ -130,12 +134,12 @@ def padded(batch, rows, length):
 
 
 def r1jax_step(policy, reference, pairs, loss_type, label_smoothing=0.0, shape=(8, 32),
-               **pack):
+               sft_weight=0.0, **pack):
     batch, _ = dpo.pack_pairs(as_pair_tokens(pairs), pack.pop("max_len", 32), **pack)
     batch = jax.tree.map(jnp.asarray, padded(batch, *shape))
     batch = reference_program(reference.config)(reference.params, batch)
-    (loss, sums), grads = grad_program(policy.config, loss_type, label_smoothing)(
-        policy.params, batch)
+    (loss, sums), grads = grad_program(policy.config, loss_type, label_smoothing,
+                                      sft_weight)(policy.params, batch)
     return float(loss), grads, {k: float(v) for k, v in sums.items()}
 
 
@@ -161,6 +165,30 @@ def test_loss_gradient_and_metrics_equal_trl(models, trl, loss_type):
     for key in dpo.METRICS:
         assert metrics[key] == pytest.approx(metrics_t[key], rel=1e-5, abs=1e-6), key
     assert_grads_match(hf_named(grads, policy.config), grads_t)
+
+
+def test_sft_term_equals_trl_rpo_form(models, trl):
+    """sft_weight w: TRL's loss_type ["sigmoid", "sft"] with loss_weights [1, w] (the
+    chosen tokens' NLL averaged over the batch's chosen tokens, not per pair): loss and
+    gradients equal; the term is the gap to the plain DPO loss."""
+    _, _, policy, reference = models
+    pairs = make_pairs(4, seed=7, lo=2, hi=14)  # unequal lengths: token mean != pair mean
+    loss_t, grads_t, _ = trl_step(trl, pairs, "sigmoid", sft_weight=0.5)
+    loss, grads, metrics = r1jax_step(policy, reference, pairs, "sigmoid", sft_weight=0.5)
+    assert loss == pytest.approx(loss_t, rel=1e-5)
+    assert_grads_match(hf_named(grads, policy.config), grads_t)
+    plain, _, _ = r1jax_step(policy, reference, pairs, "sigmoid")
+    assert loss - plain == pytest.approx(0.5 * metrics["sft_loss"], rel=1e-5)
+    # The NLL per chosen token by hand from the HF policy's logits.
+    import torch
+    hf_policy, total, count = models[0], 0.0, 0
+    with torch.no_grad():
+        for p, c, _ in pairs:
+            logits = hf_policy(torch.tensor([p + c])).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            total -= sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(c))
+            count += len(c)
+    assert metrics["sft_loss"] == pytest.approx(total / count, rel=1e-5)
 
 
 def test_label_smoothing_equals_trl_conservative_form(models, trl):
@@ -203,7 +231,8 @@ def test_reference_policy_and_precomputed_reference_agree(models):
 
 def test_packing_and_microbatching_leave_the_loss_unchanged(models):
     """Pairs in one row each, each sequence in its own row, several pairs per row, and two
-    microbatches through the update's accumulation: the same loss and gradient."""
+    microbatches through the update's accumulation: the same loss and gradient (IPO plus
+    the chosen-NLL term, whose denominator is the whole batch's chosen tokens)."""
     from r1jax.rl.update import accumulate_grads
     _, _, policy, reference = models
     pairs = make_pairs(4, seed=3, lo=8, hi=12)  # sequences of 16..22 tokens
@@ -213,7 +242,8 @@ def test_packing_and_microbatching_leave_the_loss_unchanged(models):
     results = {}
     for name, pack in layouts.items():
         batch, stats = dpo.pack_pairs(as_pair_tokens(pairs), **pack)
-        results[name] = r1jax_step(policy, reference, pairs, "ipo", shape=(8, 96), **pack)
+        results[name] = r1jax_step(policy, reference, pairs, "ipo", shape=(8, 96),
+                                   sft_weight=0.5, **pack)
         rows, per_row = stats.rows, batch.segment_ids.max(axis=1)
         if name == "sequence_per_row":
             assert rows == 8 and per_row[:rows].tolist() == [1] * 8
@@ -224,9 +254,11 @@ def test_packing_and_microbatching_leave_the_loss_unchanged(models):
     batch, _ = dpo.pack_pairs(as_pair_tokens(pairs), 44, pieces=2)
     batch = jax.jit(dpo.make_reference_fn(reference.config, None, 2))(
         reference.params, jax.tree.map(jnp.asarray, batch))
-    loss_fn = dpo.make_dpo_loss(policy.config, None, beta=BETA, loss_type="ipo")
+    loss_fn = dpo.make_dpo_loss(policy.config, None, beta=BETA, loss_type="ipo",
+                                sft_weight=0.5)
     loss, _, grads = jax.jit(lambda p, b: accumulate_grads(
-        lambda q, piece: loss_fn(q, piece, 4.0), p, b, 2))(policy.params, batch)
+        lambda q, piece: loss_fn(q, piece, 4.0, dpo.chosen_token_count(b)), p, b, 2))(
+            policy.params, batch)
     results["two_microbatches"] = (float(loss), grads, None)
     base_loss, base_grads, _ = results.pop("pair_per_row")
     for name, (loss, grads, _) in results.items():
