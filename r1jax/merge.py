@@ -6,6 +6,11 @@
         --density 0.2 --lambda 1.0 --out merged/ties
     r1jax-merge --method dare --base /models/Qwen2.5-Math-1.5B --models rl/export \\
         --drop_rate 0.9 --seed 0 --out merged/dare
+    r1jax-merge --recipe=configs/merge/light_r1_merge.py     # a recipe file; flags override
+
+A recipe (`--recipe FILE.py[:ARG]`) is a Python file whose `get_config(ARG)` returns the
+settings as a dict (keys: RECIPE_KEYS, the option names below); options given on the
+command line override them.
 
 Methods (per tensor; theta_i are the models, theta_0 the base, tau_i = theta_i - theta_0 their
 task vectors, w_i the weights, lambda the scale):
@@ -472,17 +477,43 @@ def _abs(path: Optional[str]) -> Optional[str]:
     return None if path is None else os.path.abspath(path)
 
 
+RECIPE_KEYS = ("method", "models", "base", "weights", "normalize", "density", "drop_rate",
+               "scale", "seed", "dtype", "out")
+
+
+def load_recipe(spec: str) -> dict:
+    """The settings of a merge recipe `FILE.py[:ARG]`: its `get_config(ARG)` (a dict or
+    ConfigDict) with keys among RECIPE_KEYS. Raises MergeError for a missing file or an
+    unknown key."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise MergeError(f"merge recipe not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("r1jax_merge_recipe", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    recipe = dict(module.get_config(arg))
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown:
+        raise MergeError(f"merge recipe {spec}: unknown keys {unknown}; "
+                         f"known: {list(RECIPE_KEYS)}")
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in recipe.items()}
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="r1jax-merge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--models", nargs="+", required=True, metavar="DIR",
+    p.add_argument("--recipe", metavar="FILE[:ARG]",
+                   help="a merge recipe (configs/merge/*.py): its settings, which the "
+                   "options given here override")
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--models", nargs="+", metavar="DIR",
                    help="Hugging Face model directories to merge")
     p.add_argument("--base", metavar="DIR", help="the model task vectors are taken from "
                    "(task_arithmetic, ties, dare, dare_ties)")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per --models entry (default: 1 each)")
-    p.add_argument("--no_normalize", dest="normalize", action="store_false",
+    p.add_argument("--no_normalize", dest="normalize", action="store_false", default=None,
                    help="linear: sum_i w_i theta_i instead of dividing by sum_i w_i")
     p.add_argument("--density", type=float, help="ties: fraction of each task vector kept")
     p.add_argument("--drop_rate", type=float, help="dare, dare_ties: drop probability p")
@@ -492,7 +523,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "(default 0)")
     p.add_argument("--dtype", choices=tuple(OUT_DTYPES),
                    help="dtype of the merged tensors (default: the base's, per tensor)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", metavar="DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--max_shard_bytes", type=int, default=5 * 2**30,
                    help="size limit of one output safetensors file (default 5 GiB)")
@@ -501,14 +532,31 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of `r1jax-merge`; returns the exit status (2 for bad options or inputs)."""
-    a = make_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    parser = make_parser()
+    a = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    spec = MergeSpec(method=a.method, models=tuple(a.models), base=a.base,
-                     weights=None if a.weights is None else tuple(a.weights),
-                     density=a.density, drop_rate=a.drop_rate, scale=a.scale, seed=a.seed,
-                     normalize=a.normalize, dtype=a.dtype)
     try:
-        out = merge(spec, a.out, max_shard_bytes=a.max_shard_bytes, overwrite=a.overwrite)
+        settings = load_recipe(a.recipe) if a.recipe else {}
+    except MergeError as e:
+        print(f"r1jax-merge: error: {e}", file=sys.stderr)
+        return 2
+    for key in RECIPE_KEYS:
+        value = getattr(a, key)
+        if value is not None:
+            settings[key] = tuple(value) if isinstance(value, list) else value
+    missing = [f"--{k}" for k in ("method", "models", "out") if not settings.get(k)]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (on the command line or in --recipe)")
+    if settings["method"] not in METHODS:
+        parser.error(f"method must be one of {METHODS}, got {settings['method']!r}")
+    spec = MergeSpec(method=settings["method"], models=tuple(settings["models"]),
+                     base=settings.get("base"), weights=settings.get("weights"),
+                     density=settings.get("density"), drop_rate=settings.get("drop_rate"),
+                     scale=settings.get("scale"), seed=settings.get("seed"),
+                     normalize=settings.get("normalize", True), dtype=settings.get("dtype"))
+    try:
+        out = merge(spec, settings["out"], max_shard_bytes=a.max_shard_bytes,
+                    overwrite=a.overwrite)
     except (MergeError, FileNotFoundError, st.CheckpointError) as e:
         print(f"r1jax-merge: error: {e}", file=sys.stderr)
         return 2

@@ -442,6 +442,37 @@ def test_bad_option_combinations_are_refused(qwen, tmp_path, capsys, args, messa
     assert message in _refused(capsys, tmp_path, *args)
 
 
+def test_a_recipe_file_gives_settings_that_options_override(qwen, tmp_path, capsys):
+    """--recipe FILE:ARG: its get_config(ARG) settings; a command-line option wins; an
+    unknown key, a missing file or a missing required setting is refused."""
+    dirs, vals = qwen
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(
+        "def get_config(arg=''):\n"
+        f"    c = dict(method='linear', models=[{dirs['ft1']!r}, {dirs['ft2']!r}],\n"
+        f"             weights=[3.0, 1.0], out={str(tmp_path / 'from_recipe')!r})\n"
+        "    if arg == 'bad':\n"
+        "        c['densty'] = 0.5\n"
+        "    return c\n")
+    assert run_cli("--recipe", recipe) == 0
+    name = "model.layers.0.mlp.up_proj.weight"
+    got = load_dir(tmp_path / "from_recipe")[name][0]
+    np.testing.assert_allclose(got, ref_linear([vals["ft1"][name], vals["ft2"][name]],
+                                               [3.0, 1.0]), rtol=0, atol=ATOL)
+    assert run_cli("--recipe", recipe, "--weights", "1", "1", "--out", tmp_path / "o2") == 0
+    got = load_dir(tmp_path / "o2")[name][0]
+    np.testing.assert_allclose(got, ref_linear([vals["ft1"][name], vals["ft2"][name]],
+                                               [1.0, 1.0]), rtol=0, atol=ATOL)
+    capsys.readouterr()
+    assert run_cli("--recipe", f"{recipe}:bad") == 2
+    assert "unknown keys ['densty']" in capsys.readouterr().err
+    assert run_cli("--recipe", tmp_path / "none.py") == 2
+    assert "merge recipe not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("--models", dirs["ft1"], dirs["ft2"], "--out", tmp_path / "o3")
+    assert "--method required" in capsys.readouterr().err
+
+
 def test_existing_or_input_output_directory_is_refused(qwen, tmp_path, capsys):
     dirs, _ = qwen
     (tmp_path / "refused").mkdir()
