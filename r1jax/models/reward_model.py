@@ -333,3 +333,88 @@ def load_reward_model(path: str, *, tokenizer: Any = None, label: Union[None, in
     return RewardModel(decoder, head, tokenizer, pad_token_id=hf.get("pad_token_id"),
                        label=label_index, format=format, max_length=max_length,
                        batch_size=batch_size)
+
+
+def save_reward_model(rm: RewardModel, out_dir: str, *, dtype: str = "float32",
+                      max_shard_bytes: int = 5 * 2**30) -> str:
+    """Writes `rm` as a Hugging Face sequence-classification directory (decoder under
+    `model.`, `score.weight` [N, D], config.json with the family's *ForSequenceClassification
+    architecture, num_labels and pad_token_id, the tokenizer), atomically; returns out_dir."""
+    import json
+    import shutil
+    import tempfile
+
+    from r1jax.models import safetensors_io as st
+    cfg = rm.decoder.config
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    head = np.ascontiguousarray(hf_io.to_host(rm.head).T).astype(np_dtype)
+    plan = hf_io._save_plan(rm.decoder.params, cfg, np_dtype)
+    plan.append((HEAD_MAP.hf_name, head.shape, np_dtype, lambda: head))
+    hf = hf_config.hf_config_from_model(cfg, dtype, None)
+    family = {v: k for k, v in ARCHITECTURES.items()}[hf["model_type"]]
+    num_labels = head.shape[0]
+    hf.update(architectures=[family], pad_token_id=rm.pad_token_id,
+              id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
+              label2id={f"LABEL_{i}": i for i in range(num_labels)})
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-",
+                           dir=os.path.dirname(out_dir))
+    try:
+        st.write_sharded(tmp, plan, max_shard_bytes)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2, sort_keys=True)
+        if rm.tokenizer is not None:
+            rm.tokenizer.save_pretrained(tmp)
+        hf_io._replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def random_reward_model(arch: dict, tokenizer: Any, *, seed: int = 0,
+                        num_labels: int = 1) -> RewardModel:
+    """A reward model with random N(0, 0.02) weights of `arch` (config.json fields:
+    model_type "qwen2" or "llama", sizes) over `tokenizer` (its vocabulary size and pad
+    id): smoke runs of recipes that name a reward model, where none can be downloaded."""
+    from flax import nnx
+
+    from r1jax.models.decoder import INIT_STD
+    if isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    hf = dict(arch, vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=pad,
+              architectures=[hf_config.FAMILIES[arch.get("model_type", "qwen2")]])
+    cfg = hf_config.model_config_from_hf(hf)
+    decoder = Decoder(cfg, rngs=nnx.Rngs(seed))
+    head = INIT_STD * jax.random.normal(jax.random.key(seed + 1),
+                                        (cfg.hidden_size, num_labels), jnp.float32)
+    return RewardModel(decoder, head, tokenizer, pad_token_id=pad)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m r1jax.models.reward_model OUT --tokenizer DIR [--family qwen2|llama]`:
+    writes a random-weight reward model of the tiny recipes' size (`r1jax.recipes.TINY_ARCH`)
+    over that tokenizer, for smoke runs of configs whose rewards name a reward model."""
+    import argparse
+    import sys
+
+    from r1jax.recipes import TINY_ARCH
+    p = argparse.ArgumentParser(prog="python -m r1jax.models.reward_model",
+                                description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--family", choices=sorted(set(ARCHITECTURES.values())), default="qwen2")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if not os.path.isdir(a.tokenizer):
+        p.error(f"tokenizer directory not found: {a.tokenizer}")
+    rm = random_reward_model(dict(TINY_ARCH, model_type=a.family), a.tokenizer, seed=a.seed)
+    print(save_reward_model(rm, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -280,3 +280,28 @@ def test_model_reward_scores_question_and_full_completion_then_adds_to_pool_resu
     np.testing.assert_allclose(result.per_function["reward_model"], ref, atol=1e-4)
     np.testing.assert_array_equal(result.per_function["boxed"], [1, 0, 0, 0, 1])
     np.testing.assert_allclose(result.total, [1, 0, 0, 0, 1] + 0.5 * ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_random_reward_model_written_by_r1jax_loads_in_transformers(qwen_tokenizer_dir,
+                                                                      tmp_path, family):
+    """`python -m r1jax.models.reward_model OUT --tokenizer DIR`: the directory loads as
+    transformers' *ForSequenceClassification, whose chat scores equal the in-memory model's
+    and those of r1jax loading the directory back."""
+    from r1jax.models import reward_model as rmod
+    from r1jax.recipes import TINY_ARCH
+    out = tmp_path / "rm"
+    assert rmod.main([str(out), "--tokenizer", qwen_tokenizer_dir, "--family", family,
+                      "--seed", "3"]) == 0
+    written = rmod.random_reward_model(dict(TINY_ARCH, model_type=family), qwen_tokenizer_dir,
+                                       seed=3)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert type(model).__name__ == {"llama": "LlamaForSequenceClassification",
+                                    "qwen2": "Qwen2ForSequenceClassification"}[family]
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    want = np.array([chat_reference(model, tok, p, c) for p, c in CONVERSATIONS])
+    prompts, completions = map(list, zip(*CONVERSATIONS))
+    np.testing.assert_allclose(written.score(prompts, completions), want, atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(load_reward_model(str(out)).score(prompts, completions), want,
+                               atol=1e-6, rtol=1e-4)
+    assert np.ptp(want) > 1e-4  # the rows score differently
