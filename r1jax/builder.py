@@ -121,11 +121,17 @@ def build_reward_pool(cfg: RewardsConfig, data_cfg: Optional[DataConfig] = None,
     pool = RewardPool(specs, num_workers=cfg.num_workers, timeout_s=cfg.timeout_s)
     if not learned:
         return pool
-    from r1jax.models.reward_model import load_reward_model
+    from r1jax.models.reward_model import load_reward_model, random_reward_model
     try:
         for task, entry in learned.items():
             options = model_reward.ModelRewardOptions.from_kwargs(entry.kwargs)
-            scorer = load_reward_model(**options.load_kwargs(), mesh=sharding)
+            if options.path is not None:
+                scorer = load_reward_model(**options.load_kwargs(), mesh=sharding)
+            else:
+                scorer = random_reward_model(
+                    options.arch, options.tokenizer, seed=options.seed, mesh=sharding,
+                    dtype=options.dtype, format=options.format,
+                    max_length=options.max_length, batch_size=options.batch_size)
             pool = model_reward.PoolWithModelReward(
                 pool, model_reward.ModelReward(scorer, options), entry.weight, task)
     except BaseException:

@@ -67,6 +67,24 @@ def reward_model_entries(cfg: RunConfig) -> list:
     return [f for f in functions if f.name == "reward_model"]
 
 
+def _reward_model_arch(arch: Any) -> dict:
+    """config.json fields of a reward model's `arch` (a preset name or fields), as a
+    one-label sequence-classification model."""
+    from r1jax.models import hf_config
+    from r1jax.models.presets import PRESETS
+    if isinstance(arch, str):
+        if arch not in PRESETS:
+            raise FitUsageError(f"unknown reward model arch preset {arch!r}")
+        arch = PRESETS[arch]
+    family = arch.get("model_type", "qwen2")
+    seq_cls = {"qwen2": "Qwen2ForSequenceClassification",
+               "llama": "LlamaForSequenceClassification"}
+    if family not in seq_cls or family not in hf_config.FAMILIES:
+        raise FitUsageError(f"reward model arch: model_type {family!r} has no "
+                            "sequence-classification form here")
+    return dict(arch, model_type=family, architectures=[seq_cls[family]], num_labels=1)
+
+
 class FitUsageError(ValueError):
     """A run r1jax-fit cannot measure (no architecture, a mesh the slice cannot hold, ...);
     the message says why."""
@@ -214,11 +232,16 @@ class RunPrograms:
         from r1jax.models import reward_model
         from r1jax.rewards.model_reward import ModelRewardOptions
         options = ModelRewardOptions.from_kwargs(entry.kwargs)
-        if not os.path.exists(os.path.join(options.path, "config.json")):
+        if options.path is not None and os.path.exists(os.path.join(options.path,
+                                                                    "config.json")):
+            hf, where = read_hf_config(options.path), options.path
+        elif options.arch is not None:
+            hf, where = _reward_model_arch(options.arch), "its arch"
+        else:
             raise FitUsageError(f"reward_model path {options.path!r} has no config.json here "
-                                "(r1jax-fit reads the reward model's architecture from it)")
-        model, head = reward_model.reward_model_config(read_hf_config(options.path),
-                                                       options.path, options.dtype)
+                                "(r1jax-fit reads the reward model's architecture from it, "
+                                "or from the entry's 'arch')")
+        model, head = reward_model.reward_model_config(hf, where, options.dtype)
         sh = self.sharding
         params = _abstract(decoder.abstract_params(model), decoder.param_shardings(model, sh))
         head = _sds(head.shape, jnp.dtype(model.param_dtype), sh.named(head.axes, head.shape))

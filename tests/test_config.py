@@ -92,7 +92,25 @@ RECIPES = {
                     ("logic", "knights_knaves", "chat", 0.2, "knights_knaves")],
         "data.mixture_schedule": ((0, (0.6, 0.2, 0.2)), (100, (0.4, 0.3, 0.3)),
                                   (300, (0.3, 0.35, 0.35)))},
+    "r1_all_scenarios.py": {  # the same mixture + open-ended prompts scored by a model
+        "model.path": "/models/Qwen2.5-7B-Instruct", "algo.adv": "group",
+        "algo.kl_beta": 0.001, "algo.kl_kind": "k3", "rollout.group_size": 8,
+        "train.prompts_per_step": 64, "optim.lr": 1e-6,
+        "mixture": [("math", "gsm8k_train", "qwen_math", 0.45, "accuracy"),
+                    ("code", "/data/mbpp/train.jsonl", "chat", 0.15, "code"),
+                    ("logic", "knights_knaves", "chat", 0.15, "knights_knaves"),
+                    ("general", "/data/general/prompts.jsonl", "chat", 0.25, "reward_model")],
+        "data.mixture_schedule": ((0, (0.45, 0.15, 0.15, 0.25)),
+                                  (100, (0.3, 0.225, 0.225, 0.25)),
+                                  (300, (0.225, 0.2625, 0.2625, 0.25))),
+        "general_reward_model": {"path": "/models/Skywork-Reward-V2-Llama-3.1-8B",
+                                 "arch": "llama-3.1-8b", "dtype": "bfloat16",
+                                 "normalize": "group_zscore", "format": "chat",
+                                 "max_length": 4096, "batch_size": 32}},
 }
+# The reward-model kwargs that are part of the algorithm (the rest name the model and its
+# batch sizes, which variants change).
+REWARD_MODEL_ALGORITHM = ("normalize", "scale", "shift", "format", "prompt_key", "label")
 # Variants change sizes and budgets, never the algorithm.
 ALGORITHM = ("algo.adv", "algo.eps_low", "algo.eps_high", "algo.clip_c", "algo.agg",
              "algo.ratio_level", "algo.kl_beta", "algo.kl_kind", "algo.num_iterations",
@@ -108,9 +126,17 @@ def recipe_value(c, key):
     if key == "mixture":  # (name, source, template, weight, accuracy) per task
         return [(m.name, m.source, m.template, m.weight, m.accuracy) for m in c.data.mixture]
     if key == "mixture_rewards":  # each task's template, rewards and accuracy
+        def algorithm(f):
+            if f.name != "reward_model":
+                return dict(f.kwargs)
+            return {k: v for k, v in f.kwargs.items() if k in REWARD_MODEL_ALGORITHM}
         return [(m.name, m.template, m.system_prompt, m.accuracy,
-                 [(f.name, f.weight, dict(f.kwargs)) for f in m.functions])
+                 [(f.name, f.weight, algorithm(f)) for f in m.functions])
                 for m in c.data.mixture]
+    if key == "general_reward_model":
+        task = next(m for m in c.data.mixture if m.name == "general")
+        assert [f.name for f in task.functions] == ["reward_model"]
+        return dict(task.functions[0].kwargs)
     if key == "data.mixture_schedule":
         return tuple((s.from_step, s.weights) for s in c.data.mixture_schedule)
     section, *rest = key.split(".")

@@ -190,11 +190,19 @@ def field_recipe(question: str, answer: str, id_key: Optional[str] = None,
     return recipe
 
 
+def open_prompt(row: dict, number: int) -> dict:
+    """Open-ended prompts with no gold answer (a reward model scores the replies):
+    `prompt` (else `question`) text, `id` when present; `answer` is empty."""
+    key = "prompt" if "prompt" in row else "question"
+    return {"id": _id(row, "id", number, "prompt"), "question": _text(row, key), "answer": ""}
+
+
 RECIPES = {
     "gsm8k": gsm8k, "math500": math500, "aime24": aime, "aime25": aime, "amc23": amc23,
     "minerva_math": minerva_math, "olympiadbench": olympiadbench, "dapo": dapo,
     "openr1_math": problem_solution_answer, "numina_math": problem_solution_answer,
-    "countdown": countdown_tasks, "knights_knaves": knights_knaves_example, **CODE_RECIPES,
+    "countdown": countdown_tasks, "knights_knaves": knights_knaves_example,
+    "prompts": open_prompt, **CODE_RECIPES,
 }
 # name -> (recipe, file under the shared data folder): every file in ../shared/data.
 BENCHMARKS = {

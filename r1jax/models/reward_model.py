@@ -373,25 +373,42 @@ def save_reward_model(rm: RewardModel, out_dir: str, *, dtype: str = "float32",
     return out_dir
 
 
-def random_reward_model(arch: dict, tokenizer: Any, *, seed: int = 0,
-                        num_labels: int = 1) -> RewardModel:
-    """A reward model with random N(0, 0.02) weights of `arch` (config.json fields:
-    model_type "qwen2" or "llama", sizes) over `tokenizer` (its vocabulary size and pad
-    id): smoke runs of recipes that name a reward model, where none can be downloaded."""
+def random_reward_model(arch: Union[str, dict], tokenizer: Any, *, seed: int = 0,
+                        num_labels: int = 1, mesh: Union[None, Mesh, Sharding] = None,
+                        dtype: str = "float32", **options: Any) -> RewardModel:
+    """A reward model with random N(0, 0.02) weights of `arch` (a preset name of
+    `r1jax.models.presets`, or config.json fields with `model_type` "qwen2" or "llama")
+    over `tokenizer` (a tokenizer or its directory: the vocabulary size and pad id), made
+    directly on `mesh`'s shards: smoke runs of recipes that name a reward model, where none
+    can be downloaded. `options`: RewardModel's format, max_length, batch_size."""
     from flax import nnx
 
     from r1jax.models.decoder import INIT_STD
+    from r1jax.models.presets import PRESETS
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
+    if isinstance(arch, str):
+        if arch not in PRESETS:
+            raise ValueError(f"unknown reward model arch preset {arch!r} (known: "
+                             f"{', '.join(sorted(PRESETS))})")
+        arch = PRESETS[arch]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else tokenizer.eos_token_id
-    hf = dict(arch, vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=pad,
-              architectures=[hf_config.FAMILIES[arch.get("model_type", "qwen2")]])
-    cfg = hf_config.model_config_from_hf(hf)
-    decoder = Decoder(cfg, rngs=nnx.Rngs(seed))
-    head = INIT_STD * jax.random.normal(jax.random.key(seed + 1),
-                                        (cfg.hidden_size, num_labels), jnp.float32)
-    return RewardModel(decoder, head, tokenizer, pad_token_id=pad)
+    family = arch.get("model_type", "qwen2")
+    if family not in hf_config.FAMILIES:
+        raise UnsupportedModelError(f"reward model arch: model_type {family!r} is not one of "
+                                    f"{sorted(hf_config.FAMILIES)}")
+    hf = dict(arch, model_type=family, vocab_size=len(tokenizer), tie_word_embeddings=True,
+              pad_token_id=pad, architectures=[hf_config.FAMILIES[family]])
+    cfg = hf_config.model_config_from_hf(hf, param_dtype=dtype, dtype=dtype)
+    sharding = hf_io._as_sharding(mesh) if mesh is not None else None
+    decoder = Decoder(cfg, rngs=nnx.Rngs(seed), sharding=sharding)
+    head = (INIT_STD * jax.random.normal(jax.random.key(seed + 1),
+                                         (cfg.hidden_size, num_labels), jnp.float32)
+            ).astype(cfg.param_dtype)
+    if sharding is not None:
+        head = jax.device_put(head, sharding.named(("embed", None), head.shape))
+    return RewardModel(decoder, head, tokenizer, pad_token_id=pad, **options)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

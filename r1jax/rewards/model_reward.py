@@ -38,6 +38,12 @@ class ModelRewardOptions:
 
     Attributes:
       path: local directory of the sequence-classification checkpoint.
+      arch: without `path`, the architecture of a random-weight reward model (a preset
+        name of `r1jax.models.presets` or config.json fields with `model_type`), built with
+        `seed` over `tokenizer`: smoke runs of configs that name a reward model. With
+        `path`, the architecture `r1jax-fit` assumes when the checkpoint is not on the
+        machine it runs on.
+      seed: the random-weight model's seed.
       normalize: one of NORMALIZATIONS (see the module docstring).
       scale, shift: used by "affine" and "sigmoid" only.
       prompt_key: the example field shown to the reward model as the user turn.
@@ -49,7 +55,9 @@ class ModelRewardOptions:
       batch_size: rows per device program.
     """
 
-    path: str
+    path: Optional[str] = None
+    arch: Union[None, str, Mapping[str, Any]] = None
+    seed: int = 0
     normalize: str = "none"
     scale: float = 1.0
     shift: float = 0.0
@@ -74,9 +82,15 @@ class ModelRewardOptions:
         if unknown:
             raise ValueError(f"reward '{NAME}': unknown kwarg '{unknown[0]}' (known: "
                              f"{sorted(known)})")
-        if "path" not in kwargs:
+        if kwargs.get("path") is None and kwargs.get("arch") is None:
             raise ValueError(f"reward '{NAME}' needs kwarg 'path' (the reward model's "
-                             "directory)")
+                             "directory) or, for a random-weight model, 'arch'")
+        if kwargs.get("path") is None and kwargs.get("tokenizer") is None:
+            raise ValueError(f"reward '{NAME}': a random-weight model ('arch' without "
+                             "'path') needs kwarg 'tokenizer'")
+        kwargs = dict(kwargs)
+        if isinstance(kwargs.get("arch"), Mapping):
+            kwargs["arch"] = dict(kwargs["arch"])
         options = cls(**kwargs)
         options.validate()
         return options
@@ -99,7 +113,8 @@ class ModelRewardOptions:
                 raise ValueError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
 
     def load_kwargs(self) -> dict:
-        """Keyword arguments of `r1jax.models.reward_model.load_reward_model` (add `mesh`)."""
+        """Keyword arguments of `r1jax.models.reward_model.load_reward_model` (add `mesh`);
+        only for options with a `path`."""
         return dict(path=self.path, tokenizer=self.tokenizer, label=self.label,
                     dtype=self.dtype, format=self.format, max_length=self.max_length,
                     batch_size=self.batch_size)

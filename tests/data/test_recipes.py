@@ -193,3 +193,20 @@ def test_field_recipe_with_nested_keys(tmp_path):
     assert dict(source.stats.skipped) == {"missing_field": 1}
     gsm_like = field_recipe("question", "answer", answer_format="gsm8k")
     assert gsm_like({"question": "q", "answer": "work\n#### 1,234"}, 1)["answer"] == "1234"
+
+
+def test_open_prompts_recipe_keeps_prompts_without_answers(tmp_path):
+    """`prompts`: the `prompt` (else `question`) text, no gold answer; empty or missing
+    prompts are skipped and counted."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "Write a haiku about rain.", "id": "h1"},
+        {"question": "Explain recursion to a child."},
+        {"prompt": "   "},
+        {"text": "no prompt field"},
+    ]))
+    source = load_source(str(path), recipe="prompts")
+    assert [(ex["id"], ex["question"], ex["answer"]) for ex in source.examples] == [
+        ("h1", "Write a haiku about rain.", ""),
+        ("prompt-2", "Explain recursion to a child.", "")]
+    assert dict(source.stats.skipped) == {"empty_question": 1, "missing_field": 1}

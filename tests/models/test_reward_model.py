@@ -251,7 +251,8 @@ def test_options_are_validated_by_name():
                             ({}, "needs kwarg 'path'"),
                             ({"path": "/rm", "normalize": "rank"}, "normalize 'rank'"),
                             ({"path": "/rm", "scale": 3.0}, "scale / shift apply to"),
-                            ({"path": "/rm", "batch_size": 0}, "batch_size must be >= 1")]:
+                            ({"path": "/rm", "batch_size": 0}, "batch_size must be >= 1"),
+                            ({"arch": "qwen2.5-0.5b"}, "needs kwarg 'tokenizer'")]:
         with pytest.raises(ValueError, match=message):
             model_reward.ModelRewardOptions.from_kwargs(kwargs)
 
@@ -293,6 +294,10 @@ def test_a_random_reward_model_written_by_r1jax_loads_in_transformers(qwen_token
     out = tmp_path / "rm"
     assert rmod.main([str(out), "--tokenizer", qwen_tokenizer_dir, "--family", family,
                       "--seed", "3"]) == 0
+    # The same model made on a 2 x 2 x 2 mesh, as the trainer builds a reward entry's
+    # `arch` (scores compared below).
+    on_mesh = rmod.random_reward_model(dict(TINY_ARCH, model_type=family), qwen_tokenizer_dir,
+                                       seed=3, mesh=make_mesh(2, 2, 2))
     written = rmod.random_reward_model(dict(TINY_ARCH, model_type=family), qwen_tokenizer_dir,
                                        seed=3)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -304,4 +309,5 @@ def test_a_random_reward_model_written_by_r1jax_loads_in_transformers(qwen_token
     np.testing.assert_allclose(written.score(prompts, completions), want, atol=1e-6, rtol=1e-4)
     np.testing.assert_allclose(load_reward_model(str(out)).score(prompts, completions), want,
                                atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(on_mesh.score(prompts, completions), want, atol=1e-6, rtol=1e-4)
     assert np.ptp(want) > 1e-4  # the rows score differently
