@@ -153,8 +153,8 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
       preset: the architecture when model.path has no config.json here (module docstring).
       overrides: absl-style config overrides ("rollout.max_slots=256").
       programs: which of PROGRAMS to compile: r1jax-train's (RL_PROGRAMS, the default;
-        with "reward_model" added when the config scores with a reward model), or "sft" for
-        an r1jax-sft config (configs/sft/).
+        with "reward_model" added when the config scores with a reward model), "sft" for
+        an r1jax-sft config (configs/sft/), or "dpo" for an r1jax-dpo config (configs/dpo/).
       fast: compile with the lowest optimization effort (module docstring).
 
     Returns:
@@ -189,7 +189,7 @@ def fit(config: "str | RunConfig", topology: "str | TpuSlice", preset: Optional[
 
 USAGE = """usage: r1jax-fit --config=FILE[:ARG] --topology=SLICE [--preset NAME]
                  [--programs=prefill,decode,rollout,logprobs,update[,reward_model]
-                  | --programs=sft]
+                  | --programs=sft | --programs=dpo]
                  [--fast] [--json]
                  [--config.KEY=VALUE ...]
   SLICE: a gcloud accelerator type (v5p-128, v5litepod-256, v6e-64, v4-64) or a topology

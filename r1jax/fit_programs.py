@@ -58,7 +58,7 @@ from r1jax.sharding import Sharding, make_mesh, merge_rules
 RL_PROGRAMS = ("prefill", "decode", "rollout", "logprobs", "update")  # r1jax-train's
 # "reward_model": one scoring batch of the run's reward model (added to RL_PROGRAMS when
 # the config has one); "sft": one r1jax-sft step.
-PROGRAMS = RL_PROGRAMS + ("reward_model", "sft")
+PROGRAMS = RL_PROGRAMS + ("reward_model", "sft", "dpo")
 
 
 def reward_model_entries(cfg: RunConfig) -> list:
@@ -427,9 +427,41 @@ class RunPrograms:
                        f"[{rows}, {s.max_len}] rows in {s.microbatches} microbatches", {})
 
 
+    def dpo(self) -> Program:
+        """One r1jax-dpo optimizer step (`DPORun`): `dpo.batch_size` pairs with each
+        sequence in a row of its own (the most rows the packer makes: long chains of
+        thought fill a row each), padded as the run pads them (per microbatch, a power of
+        two times the batch parallelism), in `dpo.microbatches` microbatches, reference
+        log-probs given; with `dpo.reference="policy"` the frozen reference weights stay
+        resident (the forward-only reference pass over the same rows needs less than this
+        update); the state donated."""
+        from r1jax import dpo
+        o = self.cfg.dpo
+        par = self.sharding.batch_parallelism
+        per = -(-o.batch_size // o.microbatches)
+        rows = o.microbatches * par * (1 << (-(-2 * per // par) - 1).bit_length())
+        fn = dpo.make_dpo_update(self.model, self.tx, self.sharding, beta=o.beta,
+                                 loss_type=o.loss_type, label_smoothing=o.label_smoothing,
+                                 sft_weight=o.sft_weight, microbatches=o.microbatches)
+        state = {"params": self.params, "opt_state": self.opt_state,
+                 "step": _sds((), jnp.int32, self.replicated)}
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        jitted = jax.jit(fn, donate_argnums=0, out_shardings=(shardings, None))
+        ids = _sds((rows, o.max_len), jnp.int32, self.batch_sharding)
+        pairs = _sds((o.microbatches * per,), jnp.float32, self.replicated)
+        batch = dpo.DPOBatch(tokens=ids, positions=ids, segment_ids=ids, targets=ids,
+                             weights=_sds((rows, o.max_len), jnp.float32, self.batch_sharding),
+                             sequence_ids=ids, ref_chosen_logps=pairs,
+                             ref_rejected_logps=pairs, pair_weights=pairs)
+        resident = {"reference": self.bytes["params"]} if o.reference == "policy" else {}
+        return Program("dpo", jitted, (state, batch), ("params + opt_state", "rows"),
+                       f"[{rows}, {o.max_len}] rows ({o.batch_size} pairs) in "
+                       f"{o.microbatches} microbatches", resident)
+
+
 def _argument_groups(prog: Program) -> dict:
     groups = dict(zip(prog.arg_names, map(chip_bytes, prog.args)))
-    if prog.name in ("update", "sft"):  # name the state's parts
+    if prog.name in ("update", "sft", "dpo"):  # name the state's parts
         state = prog.args[0]
         groups.pop("params + opt_state")
         groups.update(params=chip_bytes(state["params"]),
