@@ -90,17 +90,24 @@ def sample(logits: jax.Array, key: jax.Array,
       distribution it was drawn from (0 for greedy).
     """
     logits = logits.astype(jnp.float32)
-    policy_logp = jax.nn.log_softmax(logits, axis=-1)
-    if params.greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return tokens, _take(policy_logp, tokens), jnp.zeros(tokens.shape, jnp.float32)
-    unfiltered = params == SamplingParams(temperature=1.0)
-    sample_logp = policy_logp if unfiltered else jax.nn.log_softmax(
-        filter_logits(logits, params), axis=-1)
     if key.ndim == 0:
         u = jax.random.uniform(key, (logits.shape[0],), jnp.float32)
-    else:
+    elif not params.greedy:
         u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+    if params.greedy or params == SamplingParams(temperature=1.0):
+        # One pass over [B, V]: exp(logits - max) is both what the draw reads (it takes
+        # unnormalised weights) and, summed, the normaliser of the chosen tokens' log-probs.
+        top = jnp.max(logits, axis=-1, keepdims=True)
+        weights = jnp.exp(logits - top)
+        log_z = top[:, 0] + jnp.log(jnp.sum(weights, axis=-1))
+        if params.greedy:
+            tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return tokens, _take(logits, tokens) - log_z, jnp.zeros(tokens.shape, jnp.float32)
+        tokens = inverse_cdf(weights, u)
+        logp = _take(logits, tokens) - log_z
+        return tokens, logp, logp
+    policy_logp = jax.nn.log_softmax(logits, axis=-1)
+    sample_logp = jax.nn.log_softmax(filter_logits(logits, params), axis=-1)
     tokens = inverse_cdf(jnp.exp(sample_logp), u)
     return tokens, _take(policy_logp, tokens), _take(sample_logp, tokens)
 
