@@ -5,6 +5,7 @@ import os
 import pytest
 
 from r1jax.config import ConfigError, ModelConfig, from_dict, load_config
+from r1jax.rewards.model_reward import ALGORITHM_KWARGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,9 +109,7 @@ RECIPES = {
                                  "normalize": "group_zscore", "format": "chat",
                                  "max_length": 4096, "batch_size": 32}},
 }
-# The reward-model kwargs that are part of the algorithm (the rest name the model and its
-# batch sizes, which variants change).
-REWARD_MODEL_ALGORITHM = ("normalize", "scale", "shift", "format", "prompt_key", "label")
+
 # Variants change sizes and budgets, never the algorithm.
 ALGORITHM = ("algo.adv", "algo.eps_low", "algo.eps_high", "algo.clip_c", "algo.agg",
              "algo.ratio_level", "algo.kl_beta", "algo.kl_kind", "algo.num_iterations",
@@ -129,7 +128,7 @@ def recipe_value(c, key):
         def algorithm(f):
             if f.name != "reward_model":
                 return dict(f.kwargs)
-            return {k: v for k, v in f.kwargs.items() if k in REWARD_MODEL_ALGORITHM}
+            return {k: v for k, v in f.kwargs.items() if k in ALGORITHM_KWARGS}
         return [(m.name, m.template, m.system_prompt, m.accuracy,
                  [(f.name, f.weight, algorithm(f)) for f in m.functions])
                 for m in c.data.mixture]

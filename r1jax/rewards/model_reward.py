@@ -29,6 +29,9 @@ from r1jax.rewards.pool import RewardResult
 
 NAME = "reward_model"
 NORMALIZATIONS = ("none", "group_zscore", "affine", "sigmoid")
+# The kwargs that define what the reward is; the others name the model (path, arch, seed,
+# tokenizer, dtype) and its batch sizes, which a config's variants may change.
+ALGORITHM_KWARGS = ("normalize", "scale", "shift", "prompt_key", "label", "format")
 ZSCORE_EPS = 1e-6
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from r1jax.config import load_config
 from r1jax.metrics import read_metrics
+from r1jax.rewards.model_reward import ALGORITHM_KWARGS
 from tests.xla_env import cpu_xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,11 +109,14 @@ def test_every_config_has_a_tiny_variant_that_keeps_its_algorithm(data_dir, monk
                 a = getattr(getattr(full, section), key)
                 b = getattr(getattr(tiny, section), key)
                 assert a == b, (config, f"{section}.{key}", a, b)
-        # A mixture keeps its tasks' templates, rewards and accuracy functions.
-        assert [(m.name, m.template, m.system_prompt, m.functions, m.accuracy)
-                for m in tiny.data.mixture] == \
-            [(m.name, m.template, m.system_prompt, m.functions, m.accuracy)
-             for m in full.data.mixture], config
+        # A mixture keeps its tasks' templates, rewards and accuracy functions (a reward
+        # model's kwargs that define the reward; a tiny variant swaps the model itself).
+        def tasks(cfg):
+            return [(m.name, m.template, m.system_prompt, m.accuracy,
+                     [(f.name, f.weight, {k: v for k, v in f.kwargs.items()
+                                          if f.name != "reward_model" or k in ALGORITHM_KWARGS})
+                      for f in m.functions]) for m in cfg.data.mixture]
+        assert tasks(tiny) == tasks(full), config
         # The overlong buffer keeps its share of the response budget.
         ratio = full.algo.overlong_buffer_len / full.rollout.max_new_tokens
         assert abs(tiny.algo.overlong_buffer_len / tiny.rollout.max_new_tokens - ratio) \
