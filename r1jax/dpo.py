@@ -55,7 +55,7 @@ import numpy as np
 import optax
 
 from r1jax.config import ModelConfig
-from r1jax.sft import PackStats, best_fit, render_conversation
+from r1jax.sft import PackStats, best_fit, padded_rows, render_conversation
 from r1jax.sharding import Sharding
 
 LOSS_TYPES = ("sigmoid", "ipo", "nca_pair")
@@ -320,9 +320,7 @@ def pack_pairs(pairs: Sequence[PairTokens], max_len: int, *, pieces: int = 1,
         items = _piece_items(group, max_len, together)
         bins = best_fit([sum(len(seqs[s][0]) for s in it) for it in items], max_len)
         layouts.append((seqs, [[s for i in b for s in items[i]] for b in bins]))
-    most = max(1, max(len(rows) for _, rows in layouts))
-    units = -(-most // row_unit)
-    rows_per = row_unit * (1 << (units - 1).bit_length())
+    rows_per = padded_rows(max(len(rows) for _, rows in layouts), row_unit)
     shape = (pieces * rows_per, max_len)
     out = {k: np.zeros(shape, np.int32) for k in ("tokens", "positions", "segment_ids",
                                                    "targets")}

@@ -178,7 +178,8 @@ class DPORun(SFTRun):
         self.step += 1
         return {"loss": m["loss"], **{k: m[k] for k in dpo.METRICS},
                 "grad_norm": m["grad_norm"], "skipped_updates": m["skipped"], "lr": lr,
-                "dpo/pairs": m["pairs"], "dpo/sft_loss": m["sft_loss"], "dpo/truncated": float(stats.truncated),
+                "dpo/pairs": m["pairs"], "dpo/sft_loss": m["sft_loss"],
+                "dpo/truncated": float(stats.truncated),
                 "dpo/dropped": float(stats.dropped), "dpo/rows": float(stats.rows),
                 "dpo/packing_efficiency": stats.efficiency,
                 "dpo/batch_rows": float(batch.tokens.shape[0]),

@@ -67,24 +67,6 @@ def reward_model_entries(cfg: RunConfig) -> list:
     return [f for f in functions if f.name == "reward_model"]
 
 
-def _reward_model_arch(arch: Any) -> dict:
-    """config.json fields of a reward model's `arch` (a preset name or fields), as a
-    one-label sequence-classification model."""
-    from r1jax.models import hf_config
-    from r1jax.models.presets import PRESETS
-    if isinstance(arch, str):
-        if arch not in PRESETS:
-            raise FitUsageError(f"unknown reward model arch preset {arch!r}")
-        arch = PRESETS[arch]
-    family = arch.get("model_type", "qwen2")
-    seq_cls = {"qwen2": "Qwen2ForSequenceClassification",
-               "llama": "LlamaForSequenceClassification"}
-    if family not in seq_cls or family not in hf_config.FAMILIES:
-        raise FitUsageError(f"reward model arch: model_type {family!r} has no "
-                            "sequence-classification form here")
-    return dict(arch, model_type=family, architectures=[seq_cls[family]], num_labels=1)
-
-
 class FitUsageError(ValueError):
     """A run r1jax-fit cannot measure (no architecture, a mesh the slice cannot hold, ...);
     the message says why."""
@@ -236,7 +218,10 @@ class RunPrograms:
                                                                     "config.json")):
             hf, where = read_hf_config(options.path), options.path
         elif options.arch is not None:
-            hf, where = _reward_model_arch(options.arch), "its arch"
+            try:
+                hf, where = reward_model.arch_config(options.arch), "its arch"
+            except reward_model.UnsupportedModelError as e:
+                raise FitUsageError(str(e)) from None
         else:
             raise FitUsageError(f"reward_model path {options.path!r} has no config.json here "
                                 "(r1jax-fit reads the reward model's architecture from it, "
@@ -411,21 +396,26 @@ class RunPrograms:
         into rows of `sft.max_len` tokens, taken at one per row (long chains of thought fill
         a row each) and padded as the run pads them, in `sft.microbatches` microbatches;
         the state donated."""
-        from r1jax.sft import SFTBatch, make_packed_sft_update
+        from r1jax.sft import SFTBatch, make_packed_sft_update, padded_rows
         s = self.cfg.sft
-        unit = s.microbatches * self.sharding.batch_parallelism
-        rows = unit * (1 << (max(1, -(-s.batch_size // unit)) - 1).bit_length())
+        rows = padded_rows(s.batch_size, s.microbatches * self.sharding.batch_parallelism)
         fn = make_packed_sft_update(self.model, self.tx, self.sharding, s.microbatches)
+        ids = _sds((rows, s.max_len), jnp.int32, self.batch_sharding)
+        batch = SFTBatch(tokens=ids, positions=ids, segment_ids=ids, targets=ids,
+                         weights=_sds((rows, s.max_len), jnp.float32, self.batch_sharding))
+        return self._train_step("sft", fn, batch,
+                                f"[{rows}, {s.max_len}] rows in {s.microbatches} microbatches")
+
+    def _train_step(self, name: str, fn: Any, batch: Any, shapes: str,
+                    resident: Optional[dict] = None) -> Program:
+        """A program `fn(state, batch) -> (state, metrics)` over the train state (params,
+        AdamW state, step), the state donated."""
         state = {"params": self.params, "opt_state": self.opt_state,
                  "step": _sds((), jnp.int32, self.replicated)}
         shardings = jax.tree.map(lambda x: x.sharding, state)
         jitted = jax.jit(fn, donate_argnums=0, out_shardings=(shardings, None))
-        ids = _sds((rows, s.max_len), jnp.int32, self.batch_sharding)
-        batch = SFTBatch(tokens=ids, positions=ids, segment_ids=ids, targets=ids,
-                         weights=_sds((rows, s.max_len), jnp.float32, self.batch_sharding))
-        return Program("sft", jitted, (state, batch), ("params + opt_state", "rows"),
-                       f"[{rows}, {s.max_len}] rows in {s.microbatches} microbatches", {})
-
+        return Program(name, jitted, (state, batch), ("params + opt_state", "rows"), shapes,
+                       resident or {})
 
     def dpo(self) -> Program:
         """One r1jax-dpo optimizer step (`DPORun`): `dpo.batch_size` pairs with each
@@ -436,17 +426,13 @@ class RunPrograms:
         resident (the forward-only reference pass over the same rows needs less than this
         update); the state donated."""
         from r1jax import dpo
+        from r1jax.sft import padded_rows
         o = self.cfg.dpo
-        par = self.sharding.batch_parallelism
         per = -(-o.batch_size // o.microbatches)
-        rows = o.microbatches * par * (1 << (-(-2 * per // par) - 1).bit_length())
+        rows = o.microbatches * padded_rows(2 * per, self.sharding.batch_parallelism)
         fn = dpo.make_dpo_update(self.model, self.tx, self.sharding, beta=o.beta,
                                  loss_type=o.loss_type, label_smoothing=o.label_smoothing,
                                  sft_weight=o.sft_weight, microbatches=o.microbatches)
-        state = {"params": self.params, "opt_state": self.opt_state,
-                 "step": _sds((), jnp.int32, self.replicated)}
-        shardings = jax.tree.map(lambda x: x.sharding, state)
-        jitted = jax.jit(fn, donate_argnums=0, out_shardings=(shardings, None))
         ids = _sds((rows, o.max_len), jnp.int32, self.batch_sharding)
         pairs = _sds((o.microbatches * per,), jnp.float32, self.replicated)
         batch = dpo.DPOBatch(tokens=ids, positions=ids, segment_ids=ids, targets=ids,
@@ -454,9 +440,9 @@ class RunPrograms:
                              sequence_ids=ids, ref_chosen_logps=pairs,
                              ref_rejected_logps=pairs, pair_weights=pairs)
         resident = {"reference": self.bytes["params"]} if o.reference == "policy" else {}
-        return Program("dpo", jitted, (state, batch), ("params + opt_state", "rows"),
-                       f"[{rows}, {o.max_len}] rows ({o.batch_size} pairs) in "
-                       f"{o.microbatches} microbatches", resident)
+        return self._train_step("dpo", fn, batch, f"[{rows}, {o.max_len}] rows "
+                                f"({o.batch_size} pairs) in {o.microbatches} microbatches",
+                                resident)
 
 
 def _argument_groups(prog: Program) -> dict:

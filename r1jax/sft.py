@@ -201,6 +201,12 @@ def pack(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int, 
     return out, stats
 
 
+def padded_rows(rows: int, unit: int) -> int:
+    """`rows` rounded up to a power of two times `unit` (at least `unit`): the row counts a
+    packed batch is padded to, so that a run compiles few shapes."""
+    return unit * (1 << (max(1, -(-rows // unit)) - 1).bit_length())
+
+
 def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len: int, *,
                row_unit: int, pad_id: int = 0, overflow: str = "truncate"
                ) -> tuple[SFTBatch, PackStats]:
@@ -208,8 +214,7 @@ def pack_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], max_len:
     (microbatches x batch parallelism), so that a run compiles few shapes; the stats are the
     packer's (its rows, before padding)."""
     arrays, stats = pack(examples, max_len, pad_id=pad_id, overflow=overflow)
-    units = max(1, -(-stats.rows // row_unit))
-    extra = row_unit * (1 << (units - 1).bit_length()) - stats.rows
+    extra = padded_rows(stats.rows, row_unit) - stats.rows
     arrays = {k: np.pad(v, ((0, extra), (0, 0)), constant_values=pad_id if k == "tokens" else 0)
               for k, v in arrays.items()}
     return SFTBatch(**arrays), stats

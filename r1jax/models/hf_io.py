@@ -281,21 +281,31 @@ def save_hf(model: Decoder, out_dir: str, *, dtype: Optional[str] = None,
             produce()
         barrier("r1jax_save_hf")
         return out_dir
+    write_hf_dir(out_dir, plan, hf_config.hf_config_from_model(cfg, dtype, source_cfg),
+                 tokenizer=tokenizer, source_dir=model.source_dir,
+                 max_shard_bytes=max_shard_bytes)
+    barrier("r1jax_save_hf")
+    return out_dir
+
+
+def write_hf_dir(out_dir: str, plan: list, config: dict, *, tokenizer: Any = None,
+                 source_dir: Optional[str] = None, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Writes a Hugging Face directory atomically: the tensors of `plan` ((name, shape,
+    dtype, produce) entries, `safetensors_io.write_sharded`), config.json = `config`, and
+    `tokenizer` (else the tokenizer files of `source_dir`), into a temporary sibling that
+    replaces `out_dir` only once complete."""
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
         st.write_sharded(tmp, plan, max_shard_bytes)
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf_config.hf_config_from_model(cfg, dtype, source_cfg), f, indent=2,
-                      sort_keys=True)
-        _save_tokenizer(tmp, tokenizer, model.source_dir)
+            json.dump(config, f, indent=2, sort_keys=True)
+        _save_tokenizer(tmp, tokenizer, source_dir)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    barrier("r1jax_save_hf")
-    return out_dir
 
 
 def _save_tokenizer(tmp: str, tokenizer: Any, source_dir: Optional[str]) -> None:

@@ -340,74 +340,69 @@ def save_reward_model(rm: RewardModel, out_dir: str, *, dtype: str = "float32",
     """Writes `rm` as a Hugging Face sequence-classification directory (decoder under
     `model.`, `score.weight` [N, D], config.json with the family's *ForSequenceClassification
     architecture, num_labels and pad_token_id, the tokenizer), atomically; returns out_dir."""
-    import json
-    import shutil
-    import tempfile
-
-    from r1jax.models import safetensors_io as st
     cfg = rm.decoder.config
     np_dtype = np.dtype(jnp.dtype(dtype))
     head = np.ascontiguousarray(hf_io.to_host(rm.head).T).astype(np_dtype)
     plan = hf_io._save_plan(rm.decoder.params, cfg, np_dtype)
     plan.append((HEAD_MAP.hf_name, head.shape, np_dtype, lambda: head))
     hf = hf_config.hf_config_from_model(cfg, dtype, None)
-    family = {v: k for k, v in ARCHITECTURES.items()}[hf["model_type"]]
     num_labels = head.shape[0]
-    hf.update(architectures=[family], pad_token_id=rm.pad_token_id,
+    hf.update(architectures=[_SEQ_CLS[hf["model_type"]]], pad_token_id=rm.pad_token_id,
               id2label={str(i): f"LABEL_{i}" for i in range(num_labels)},
               label2id={f"LABEL_{i}": i for i in range(num_labels)})
     out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-",
-                           dir=os.path.dirname(out_dir))
-    try:
-        st.write_sharded(tmp, plan, max_shard_bytes)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2, sort_keys=True)
-        if rm.tokenizer is not None:
-            rm.tokenizer.save_pretrained(tmp)
-        hf_io._replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    hf_io.write_hf_dir(out_dir, plan, hf, tokenizer=rm.tokenizer,
+                       max_shard_bytes=max_shard_bytes)
     return out_dir
 
 
+_SEQ_CLS = {family: arch for arch, family in ARCHITECTURES.items()}
+
+
+def arch_config(arch: Union[str, dict], **fields: Any) -> dict:
+    """config.json of a one-label sequence-classification model of `arch` (a preset name
+    of `r1jax.models.presets`, or config.json fields with `model_type` "qwen2" or
+    "llama"), with `fields` (vocab_size, pad_token_id, ...) set.
+
+    Raises:
+      UnsupportedModelError: an unknown preset or another model_type.
+    """
+    from r1jax.models.presets import PRESETS
+    if isinstance(arch, str):
+        if arch not in PRESETS:
+            raise UnsupportedModelError(f"unknown reward model arch preset {arch!r} (known: "
+                                        f"{', '.join(sorted(PRESETS))})")
+        arch = PRESETS[arch]
+    family = arch.get("model_type", "qwen2")
+    if family not in _SEQ_CLS:
+        raise UnsupportedModelError(f"reward model arch: model_type {family!r} is not one of "
+                                    f"{sorted(_SEQ_CLS)}")
+    return dict(arch, model_type=family, architectures=[_SEQ_CLS[family]], num_labels=1,
+                **fields)
+
+
 def random_reward_model(arch: Union[str, dict], tokenizer: Any, *, seed: int = 0,
-                        num_labels: int = 1, mesh: Union[None, Mesh, Sharding] = None,
-                        dtype: str = "float32", **options: Any) -> RewardModel:
-    """A reward model with random N(0, 0.02) weights of `arch` (a preset name of
-    `r1jax.models.presets`, or config.json fields with `model_type` "qwen2" or "llama")
+                        mesh: Union[None, Mesh, Sharding] = None, dtype: str = "float32",
+                        **options: Any) -> RewardModel:
+    """A one-label reward model with random N(0, 0.02) weights of `arch` (`arch_config`)
     over `tokenizer` (a tokenizer or its directory: the vocabulary size and pad id), made
     directly on `mesh`'s shards: smoke runs of recipes that name a reward model, where none
     can be downloaded. `options`: RewardModel's format, max_length, batch_size."""
     from flax import nnx
 
     from r1jax.models.decoder import INIT_STD
-    from r1jax.models.presets import PRESETS
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
-    if isinstance(arch, str):
-        if arch not in PRESETS:
-            raise ValueError(f"unknown reward model arch preset {arch!r} (known: "
-                             f"{', '.join(sorted(PRESETS))})")
-        arch = PRESETS[arch]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
         else tokenizer.eos_token_id
-    family = arch.get("model_type", "qwen2")
-    if family not in hf_config.FAMILIES:
-        raise UnsupportedModelError(f"reward model arch: model_type {family!r} is not one of "
-                                    f"{sorted(hf_config.FAMILIES)}")
-    hf = dict(arch, model_type=family, vocab_size=len(tokenizer), tie_word_embeddings=True,
-              pad_token_id=pad, architectures=[hf_config.FAMILIES[family]])
-    cfg = hf_config.model_config_from_hf(hf, param_dtype=dtype, dtype=dtype)
+    hf = arch_config(arch, vocab_size=len(tokenizer), pad_token_id=pad)
+    cfg, head_spec = reward_model_config(hf, "arch", dtype)
     sharding = hf_io._as_sharding(mesh) if mesh is not None else None
     decoder = Decoder(cfg, rngs=nnx.Rngs(seed), sharding=sharding)
-    head = (INIT_STD * jax.random.normal(jax.random.key(seed + 1),
-                                         (cfg.hidden_size, num_labels), jnp.float32)
-            ).astype(cfg.param_dtype)
+    head = (INIT_STD * jax.random.normal(jax.random.key(seed + 1), head_spec.shape,
+                                         jnp.float32)).astype(cfg.param_dtype)
     if sharding is not None:
-        head = jax.device_put(head, sharding.named(("embed", None), head.shape))
+        head = jax.device_put(head, sharding.named(head_spec.axes, head.shape))
     return RewardModel(decoder, head, tokenizer, pad_token_id=pad, **options)
 
 

@@ -90,10 +90,6 @@ def sample(logits: jax.Array, key: jax.Array,
       distribution it was drawn from (0 for greedy).
     """
     logits = logits.astype(jnp.float32)
-    if key.ndim == 0:
-        u = jax.random.uniform(key, (logits.shape[0],), jnp.float32)
-    elif not params.greedy:
-        u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
     if params.greedy or params == SamplingParams(temperature=1.0):
         # One pass over [B, V]: exp(logits - max) is both what the draw reads (it takes
         # unnormalised weights) and, summed, the normaliser of the chosen tokens' log-probs.
@@ -103,13 +99,21 @@ def sample(logits: jax.Array, key: jax.Array,
         if params.greedy:
             tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             return tokens, _take(logits, tokens) - log_z, jnp.zeros(tokens.shape, jnp.float32)
-        tokens = inverse_cdf(weights, u)
+        tokens = inverse_cdf(weights, _uniforms(key, logits.shape[0]))
         logp = _take(logits, tokens) - log_z
         return tokens, logp, logp
     policy_logp = jax.nn.log_softmax(logits, axis=-1)
     sample_logp = jax.nn.log_softmax(filter_logits(logits, params), axis=-1)
-    tokens = inverse_cdf(jnp.exp(sample_logp), u)
+    tokens = inverse_cdf(jnp.exp(sample_logp), _uniforms(key, logits.shape[0]))
     return tokens, _take(policy_logp, tokens), _take(sample_logp, tokens)
+
+
+def _uniforms(key: jax.Array, rows: int) -> jax.Array:
+    """[rows] uniforms in [0, 1): from one key for the step, or one per row from [rows]
+    keys."""
+    if key.ndim == 0:
+        return jax.random.uniform(key, (rows,), jnp.float32)
+    return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
 
 
 def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
