@@ -184,6 +184,7 @@ def test_overrides_reach_the_typed_config():
     ("algo.agg=token-sum", "config key 'config.algo.agg': must be one of"),
     ("algo.minibatches=3", "'config.algo.minibatches': must divide train.prompts_per_step"),
     ("rollout.temperature=0.0", "'config.rollout.temperature': must be > 0"),
+    ("dpo.sft_weight=-1", "'config.dpo.sft_weight': must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -311,3 +311,7 @@ def test_a_random_reward_model_written_by_r1jax_loads_in_transformers(qwen_token
                                atol=1e-6, rtol=1e-4)
     np.testing.assert_allclose(on_mesh.score(prompts, completions), want, atol=1e-6, rtol=1e-4)
     assert np.ptp(want) > 1e-4  # the rows score differently
+    with pytest.raises(UnsupportedModelError, match="unknown reward model arch preset 'qwen9'"):
+        rmod.random_reward_model("qwen9", qwen_tokenizer_dir)
+    with pytest.raises(UnsupportedModelError, match="model_type 'gpt2' is not one of"):
+        rmod.random_reward_model(dict(TINY_ARCH, model_type="gpt2"), qwen_tokenizer_dir)

@@ -28,9 +28,9 @@ def command(*args):
 
 
 def test_light_r1_tiny_sft_dpo_merge_from_the_command_line(tmp_path, data_dir):
-    """DPO: 4 steps of 8 pairs (2 microbatches) with the NCA loss from the tiny SFT export:
-    at step 1 the policy is its own reference, so every reward is 0 and the loss is NCA's
-    2 log 2 (DPO's would be log 2); metrics carry TRL's names; checkpoints at steps 2 and 4
+    """DPO: 4 steps of 8 pairs (2 microbatches) with the NCA loss plus 0.5 x the chosen NLL
+    (dpo.sft_weight) from the tiny SFT export: at step 1 the policy is its own reference, so
+    every reward is 0 and the loss is NCA's 2 log 2 (DPO's would be log 2) plus that term; metrics carry TRL's names; checkpoints at steps 2 and 4
     and a Hugging Face export. Merge: the recipe's tiny variant (linear, equal weights) over
     the two exports equals their NumPy mean, tensor by tensor."""
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
@@ -44,14 +44,18 @@ def test_light_r1_tiny_sft_dpo_merge_from_the_command_line(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     done = subprocess.run(command(f"--config.train.run_dir={run_dir}",
                                   "--config.train.export_hf=True", "--config.model.arch=None",
-                                  f"--config.model.path={sft_dir / 'export'}"),
+                                  f"--config.model.path={sft_dir / 'export'}",
+                                  "--config.dpo.sft_weight=0.5"),
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     rows = [r for r in read_metrics(str(run_dir)) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     first = rows[0]
-    assert first["loss"] == pytest.approx(2 * math.log(2), rel=1e-6)
+    # NCA's 2 log 2 plus sft_weight x the chosen responses' NLL per token.
+    assert first["dpo/sft_loss"] > 0
+    assert first["loss"] == pytest.approx(2 * math.log(2) + 0.5 * first["dpo/sft_loss"],
+                                          rel=1e-6)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert first[key] == 0.0, key
     for r in rows:

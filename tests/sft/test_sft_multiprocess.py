@@ -16,7 +16,7 @@ COMMANDS = {
     "sft": (os.path.join(BIN, "r1jax-sft"), "--config=configs/sft/generic.py:tiny",
             "sft/loss"),
     "dpo": (os.path.join(BIN, "r1jax-dpo"), "--config=configs/dpo/light_r1_dpo.py:tiny",
-            "loss"),
+            "--config.dpo.sft_weight=0.5", "loss"),
 }
 FLAGS = ("--config.mesh.fsdp=8", "--config.train.export_hf=True",
          "--config.train.checkpoint_every=0", "--config.eval.source=None")
@@ -25,11 +25,11 @@ FLAGS = ("--config.mesh.fsdp=8", "--config.train.export_hf=True",
 @pytest.mark.parametrize("tool", sorted(COMMANDS))
 def test_two_processes_equal_one(tool, tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("R1JAX_DATA_DIR", data_dir)
-    binary, config, loss = COMMANDS[tool]
+    binary, *config, loss = COMMANDS[tool]
     runs = {}
     for processes in (1, 2):
         runs[processes] = str(tmp_path / f"p{processes}")
-        run(runs[processes], processes, *FLAGS, command=(binary, config))
+        run(runs[processes], processes, *FLAGS, command=(binary, *config))
     rows = [[r for r in read_metrics(runs[p]) if loss in r] for p in (1, 2)]
     assert len(rows[0]) == len(rows[1]) == 4
     for a, b in zip(*rows):
