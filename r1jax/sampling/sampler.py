@@ -516,35 +516,44 @@ def _via_bits(sharding: Optional[Sharding]) -> bool:
     return attn_lib.backend(sharding) == "cpu"
 
 
-def _write_slots(cache: jax.Array, index: tuple, values: jax.Array,
-                 via_bits: bool) -> jax.Array:
-    """cache.at[index].set(values); with `via_bits`, done on the raw bits for
-    16-bit floats: XLA:CPU scatters bf16 by converting the whole cache to f32 and back on every
-    call (measured: 5.7 of ~19 thread-seconds of a small-model bf16 rollout), a uint16 scatter
+def _write_slots(cache: jax.Array, pos: jax.Array, values: jax.Array, via_bits: bool,
+                 seq_axis: int = 2) -> jax.Array:
+    """cache [B, ...] with values[b] ([B, ...], cache's shape less `seq_axis`) written at
+    position pos[b] of row b's `seq_axis`.
+
+    One dynamic-update-slice per row, vmapped: a scatter whose row index is a batching
+    dimension, which the SPMD partitioner keeps on each row's own shard. (Indexing
+    `cache.at[arange(B), :, pos]` instead makes the rows an index like any other: the
+    partitioner then all-gathers indices and values, 4 collectives per write, 2 writes per
+    layer per decode step.) With `via_bits`, 16-bit floats are written as their raw bits:
+    XLA:CPU scatters bf16 by converting the whole cache to f32 and back on every call
+    (measured: 5.7 of ~19 thread-seconds of a small-model bf16 rollout), a uint16 scatter
     writes only the slots."""
     values = values.astype(cache.dtype)
-    if not via_bits or cache.dtype not in (jnp.bfloat16, jnp.float16):
-        return cache.at[index].set(values)
-    bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
-    return jax.lax.bitcast_convert_type(bits(cache).at[index].set(bits(values)), cache.dtype)
+    if via_bits and cache.dtype in (jnp.bfloat16, jnp.float16):
+        bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
+        return jax.lax.bitcast_convert_type(
+            _write_slots(bits(cache), pos, bits(values), False, seq_axis), cache.dtype)
+    axis = seq_axis - 1  # within one row
+
+    def one(row, value, p):
+        start = [jnp.int32(0)] * row.ndim
+        start[axis] = p
+        return lax.dynamic_update_slice(row, jnp.expand_dims(value, axis), start)
+    return jax.vmap(one)(cache, values, pos)
 
 
 def _decode_step(layer_params, embed_params, cache, tokens, pos, cfg, sharding, keys_t):
     """Feeds tokens [B] at positions pos [B]; returns next logits [B, V] and the new cache."""
     cache_k, cache_v = cache
-    rows = jnp.arange(tokens.shape[0])
     via_bits = _via_bits(sharding)
     x = decoder.embed_tokens(embed_params, tokens[:, None], cfg, sharding)
     new_k, new_v = [], []
     for i, p in enumerate(layer_params):
         def attend(q, k, v, i=i):
             # k[:, 0], v[:, 0]: [B, K, Dh], written at slot pos[b] of row b.
-            if keys_t:
-                ck = _write_slots(cache_k[i], (rows, slice(None), slice(None), pos), k[:, 0],
-                                 via_bits)
-            else:
-                ck = _write_slots(cache_k[i], (rows, slice(None), pos), k[:, 0], via_bits)
-            cv = _write_slots(cache_v[i], (rows, slice(None), pos), v[:, 0], via_bits)
+            ck = _write_slots(cache_k[i], pos, k[:, 0], via_bits, 3 if keys_t else 2)
+            cv = _write_slots(cache_v[i], pos, v[:, 0], via_bits)
             o = attn_lib.decode_attention(q[:, 0], ck, cv, pos + 1,
                                           sm_scale=cfg.head_dim ** -0.5,
                                           impl=cfg.attention_impl, sharding=sharding,
@@ -775,20 +784,31 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
     def record(st, slot_ids, keys, t, logits, live, forced):
         """Samples position t ([M] or scalar) of the rows in `slot_ids` ([M], those where
         `live` is False skipped) into their slots' outputs; `forced` is the rows'
-        budget-forcing state ([M] each; None without `bf`). Returns (state, tokens [M],
-        stopped-or-full [M], the rows' budget-forcing state after this position)."""
+        budget-forcing state ([M] each; None without `bf`); slot_ids None means every slot
+        in order (the decode step: each row is written on its own shard). Returns (state,
+        tokens [M], stopped-or-full [M], the rows' budget-forcing state after this
+        position)."""
         tok, logp, slogp = sample(logits, _at(keys, t), sp)
         if bf is not None:
             tok, logp, slogp, forced = budget_lib.force(bf, forced, t, tok, logits, logp,
                                                         slogp)
-        target = jnp.where(live, slot_ids, big_n)  # out of range: dropped
         stopped = jnp.isin(tok, stop_ids)
+        finish = jnp.where(stopped, STOP, LENGTH)
         st = dict(st)
-        st["tokens"] = st["tokens"].at[target, t].set(tok, mode="drop")
-        st["logp"] = st["logp"].at[target, t].set(logp, mode="drop")
-        st["sample_logp"] = st["sample_logp"].at[target, t].set(slogp, mode="drop")
-        st["finish"] = st["finish"].at[target].set(jnp.where(stopped, STOP, LENGTH),
-                                                   mode="drop")
+        if slot_ids is None:
+            # A free slot's t may lie past the end: both ops clamp it alike, so such a row
+            # gets back the value it had.
+            put = jax.vmap(lambda row, x, i: lax.dynamic_update_slice(row, x[None], (i,)))
+            get = jax.vmap(lambda row, i: lax.dynamic_slice(row, (i,), (1,))[0])
+            for name, value in (("tokens", tok), ("logp", logp), ("sample_logp", slogp)):
+                st[name] = put(st[name], jnp.where(live, value, get(st[name], t)), t)
+            st["finish"] = jnp.where(live, finish, st["finish"])
+        else:
+            target = jnp.where(live, slot_ids, big_n)  # out of range: dropped
+            st["tokens"] = st["tokens"].at[target, t].set(tok, mode="drop")
+            st["logp"] = st["logp"].at[target, t].set(logp, mode="drop")
+            st["sample_logp"] = st["sample_logp"].at[target, t].set(slogp, mode="drop")
+            st["finish"] = st["finish"].at[target].set(finish, mode="drop")
         return st, tok, stopped | (t + 1 >= max_new), forced
 
     def retire(st, done, finished):
@@ -879,8 +899,7 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
                                      cfg, sharding, keys_t)
         st = dict(st, cache=cache)
         forced = {k: st[k] for k in budget_lib.STATE_KEYS} if bf is not None else None
-        st, tok, fin, forced = record(st, slot_ids_all, st["key"], st["t"], logits, live,
-                                      forced)
+        st, tok, fin, forced = record(st, None, st["key"], st["t"], logits, live, forced)
         st.update(pos=st["pos"] + 1, t=st["t"] + 1, tok=tok, steps=st["steps"] + 1,
                   slot_steps=st["slot_steps"] + jnp.sum(live).astype(jnp.int32))
         st.update(forced or {})  # free slots' counters are reset when a row enters

@@ -163,21 +163,49 @@ def test_long_prompts_left_truncated_and_counted(hf_pair):
     np.testing.assert_array_equal(out.tokens, same.tokens)
 
 
+@pytest.mark.parametrize("via_bits", [True, False])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-def test_cache_slot_writes_equal_a_plain_scatter(dtype):
-    # The 16-bit path scatters raw bits; it must write exactly what .at[].set writes.
+def test_cache_slot_writes_equal_numpy_assignment(dtype, via_bits):
+    # Row b gets values[b] at position pos[b] of its sequence axis (2, or 3 for the
+    # transposed key cache); the 16-bit path writes raw bits and must write the same.
     from r1jax.sampling.sampler import _write_slots
     rng = np.random.default_rng(0)
     cache = jnp.asarray(rng.normal(size=(5, 2, 7, 3)), dtype)
     values = jnp.asarray(rng.normal(size=(5, 2, 3)), jnp.float32)  # cast by the write
-    rows, pos = jnp.arange(5), jnp.array([0, 6, 3, 3, 1])
-    for index, c in (((rows, slice(None), pos), cache),
-                     ((rows, slice(None), slice(None), pos), jnp.swapaxes(cache, 2, 3))):
-        got = _write_slots(c, index, values, via_bits=True)
+    pos = np.array([0, 6, 3, 3, 1])
+    for seq_axis, c in ((2, cache), (3, jnp.swapaxes(cache, 2, 3))):
+        got = _write_slots(c, jnp.asarray(pos), values, via_bits, seq_axis)
         assert got.dtype == c.dtype
-        np.testing.assert_array_equal(np.asarray(got, np.float32),
-                                      np.asarray(c.at[index].set(values.astype(c.dtype)),
-                                                 np.float32))
+        want = np.array(c, np.float32)
+        cast = np.asarray(values.astype(c.dtype), np.float32)
+        for b in range(5):
+            if seq_axis == 2:
+                want[b, :, pos[b], :] = cast[b]
+            else:
+                want[b, :, :, pos[b]] = cast[b]
+        np.testing.assert_array_equal(np.asarray(got, np.float32), want)
+
+
+def test_cache_slot_writes_stay_on_each_rows_shard():
+    # On a mesh the write partitions row by row: no collective moves indices or values
+    # between devices (a scatter with the rows as a plain index needs 4 per write).
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from r1jax.sampling.sampler import _write_slots
+    from r1jax.sharding import make_mesh
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    spec = lambda *axes: NamedSharding(mesh, PartitionSpec(*axes))
+    cache = jax.device_put(jnp.zeros((8, 2, 16, 4)), spec(("data", "fsdp"), "tensor"))
+    values = jax.device_put(jnp.ones((8, 2, 4)), spec(("data", "fsdp"), "tensor"))
+    pos = jax.device_put(jnp.arange(8, dtype=jnp.int32), spec(("data", "fsdp")))
+    write = jax.jit(lambda c, v, p: _write_slots(c, p, v, False),
+                    out_shardings=cache.sharding)
+    hlo = write.lower(cache, values, pos).compile().as_text()
+    assert not re.findall(r"(all-gather|all-reduce|all-to-all|collective-permute)", hlo)
+    got = np.asarray(write(cache, values, pos))
+    assert got.sum() == 8 * 2 * 4 and all(got[b, :, b].all() for b in range(8))
 
 
 def test_bf16_cache_logprobs_close_to_teacher_forced(hf_pair):
