@@ -2,7 +2,7 @@
 the `r1jax-train` command line, against the same job as one process.
 
 The job: the CPU demo's tiny config from a random policy (no warm start), 3 DAPO steps of 8
-prompts (groups) with dynamic sampling streamed from the continuous-batching engine (64
+prompts (groups) of responses of at most 16 tokens, with dynamic sampling streamed from the continuous-batching engine (64
 slots, as the DAPO recipes roll out), a KL term (kl_beta 0.01) and 2 minibatches per step, on a mesh of 8 CPU devices
 (fsdp 4 x tensor 2), run as 1 process x 8 devices and as 2 processes x 4 devices.
 The accuracy reward reads the completion's first number, so that a random policy solves some
@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN = os.path.join(os.path.dirname(sys.executable), "r1jax-train")
 JOB = ["--config=configs/demo_cpu.py:tiny", "--config.train.progress_bar=False",
        "--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.sft.steps=0",
-       "--config.rollout.max_slots=64",
+       "--config.rollout.max_slots=64", "--config.rollout.max_new_tokens=16",
        "--config.algo.kl_beta=0.01", "--config.train.steps=3", "--config.eval.limit=8",
        "--config.train.prompts_per_step=8",
        "--config.rewards.functions=[{'name': 'accuracy', 'weight': 1.0, 'kwargs': "
