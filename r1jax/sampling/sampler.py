@@ -784,8 +784,10 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
     def record(st, slot_ids, keys, t, logits, live, forced):
         """Samples position t ([M] or scalar) of the rows in `slot_ids` ([M], those where
         `live` is False skipped) into their slots' outputs; `forced` is the rows'
-        budget-forcing state ([M] each; None without `bf`); slot_ids None means every slot
-        in order (the decode step: each row is written on its own shard). Returns (state,
+        budget-forcing state ([M] each; None without `bf`). slot_ids None means every slot
+        in order (the decode step): each row is written on its own shard, free slots
+        included, since `retire` reads a slot's outputs only for a row it holds and only
+        below that row's length, all written while the row was live. Returns (state,
         tokens [M], stopped-or-full [M], the rows' budget-forcing state after this
         position)."""
         tok, logp, slogp = sample(logits, _at(keys, t), sp)
@@ -795,14 +797,11 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
         stopped = jnp.isin(tok, stop_ids)
         finish = jnp.where(stopped, STOP, LENGTH)
         st = dict(st)
-        if slot_ids is None:
-            # A free slot's t may lie past the end: both ops clamp it alike, so such a row
-            # gets back the value it had.
+        if slot_ids is None:  # a free slot's t may lie past the end: the write clamps it
             put = jax.vmap(lambda row, x, i: lax.dynamic_update_slice(row, x[None], (i,)))
-            get = jax.vmap(lambda row, i: lax.dynamic_slice(row, (i,), (1,))[0])
             for name, value in (("tokens", tok), ("logp", logp), ("sample_logp", slogp)):
-                st[name] = put(st[name], jnp.where(live, value, get(st[name], t)), t)
-            st["finish"] = jnp.where(live, finish, st["finish"])
+                st[name] = put(st[name], value, t)
+            st["finish"] = finish
         else:
             target = jnp.where(live, slot_ids, big_n)  # out of range: dropped
             st["tokens"] = st["tokens"].at[target, t].set(tok, mode="drop")
