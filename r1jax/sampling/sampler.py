@@ -148,6 +148,7 @@ class Sampler:
         self.truncate_prompts = truncate_prompts
         self.cache_dtype = cache_dtype or self.config.dtype
         self._compiled: dict[tuple, Any] = {}
+        self._queue_sizes: dict[tuple, int] = {}  # a stream program's queue rows so far
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
                  max_new_tokens: Optional[int] = None, temperature: float = 1.0,
@@ -416,7 +417,13 @@ class RolloutStream:
         smp = self._sampler
         par = smp._parallelism
         count = self.waiting
-        queue = _bucket(count, par, 1 << 30) + par if count else par
+        # The queue's rows only pad (nothing computes over them), so its size only grows:
+        # after the first dispatches every later one of this sampler's streams reuses the
+        # compiled program, whatever number of prompts waits.
+        floor_key = (self.width, self.n, self.max_new, self._sp, self._stops, self._bf)
+        queue = max(_bucket(count, par, 1 << 30) + par if count else par,
+                    smp._queue_sizes.get(floor_key, 0))
+        smp._queue_sizes[floor_key] = queue
         tokens = np.full((queue, self.width), smp.pad_id, np.int32)
         lens = np.ones((queue,), np.int32)
         for i, p in enumerate(self._prompts[self._taken:]):
@@ -691,6 +698,29 @@ def _insert_prompts(cache, k, v, prompt, slot_ids, count, keys_t):
             tuple(put(c, v[i], False) for i, c in enumerate(cache_v)))
 
 
+_BUFFER_AXES = {"buf_k": (None, "cache_batch", "cache_seq", "act_kv_heads", None),
+                "buf_v": (None, "cache_batch", "cache_seq", "act_kv_heads", None),
+                "buf_logits": ("cache_batch", "act_vocab"), "buf_lens": ("cache_batch",)}
+
+
+def _place_state(state: dict, sharding: Optional[Sharding]) -> dict:
+    """The engine state with every array's sharding fixed by logical names: the staging
+    buffer by `_BUFFER_AXES`, the cache by its axes, per-slot arrays ([N, ...]) on
+    "cache_batch", scalars replicated. `_engine_init` and the end of `_engine_run` both apply
+    it, so a run's state comes out placed as it went in and the next run (a stream's next
+    segment) reuses the compiled program instead of compiling one for the new placement."""
+    out = {}
+    for name, x in state.items():
+        if name == "cache":
+            out[name] = x
+        elif name in _BUFFER_AXES:
+            out[name] = constrain(x, _BUFFER_AXES[name], sharding)
+        else:
+            out[name] = constrain(x, (("cache_batch",) if x.ndim else ())
+                                  + (None,) * max(x.ndim - 1, 0), sharding)
+    return out
+
+
 def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, pad_id,
                  cache_dtype, forcing=False):
     """The engine's state before any prompt: an empty cache of `slots` rows, an empty staging
@@ -701,10 +731,9 @@ def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, 
     shapes = jax.eval_shape(lambda t, l: _prefill(params, t, l, cfg, sharding),
                             jax.ShapeDtypeStruct((pp, width), jnp.int32),
                             jax.ShapeDtypeStruct((pp,), jnp.int32))
-    per_slot = lambda x: constrain(x, ("cache_batch",) + (None,) * (x.ndim - 1), sharding)
     zero = jnp.int32(0)
-    forced = {k: per_slot(v) for k, v in budget_lib.init_state(slots).items()} if forcing else {}
-    return forced | {
+    forced = budget_lib.init_state(slots) if forcing else {}
+    return _place_state(forced | {
         "cache": _empty_cache(cfg, slots, width + max_new, cache_dtype, sharding, keys_t),
         "buf_k": jnp.zeros(shapes[0].shape, cache_dtype),  # [L, pp, Sp, K, Dh]
         "buf_v": jnp.zeros(shapes[1].shape, cache_dtype),
@@ -712,17 +741,17 @@ def _engine_init(params, *, cfg, sharding, slots, prefill_rows, width, max_new, 
         "buf_lens": jnp.ones((pp,), jnp.int32),
         "buf_prompt": zero,  # prompt index of the buffer's first prompt
         "buf_next": zero, "buf_total": zero,  # rows of the buffer placed / held
-        "row": per_slot(jnp.full((slots,), -1, jnp.int32)),  # completion row, or -1: free
-        "pos": per_slot(jnp.zeros((slots,), jnp.int32)),  # cache position fed next
-        "t": per_slot(jnp.zeros((slots,), jnp.int32)),  # completion tokens so far
-        "tok": per_slot(jnp.full((slots,), pad_id, jnp.int32)),  # token fed next
+        "row": jnp.full((slots,), -1, jnp.int32),  # completion row, or -1: free
+        "pos": jnp.zeros((slots,), jnp.int32),  # cache position fed next
+        "t": jnp.zeros((slots,), jnp.int32),  # completion tokens so far
+        "tok": jnp.full((slots,), pad_id, jnp.int32),  # token fed next
         "key": _row_keys(jax.random.key(0), jnp.zeros((slots,), jnp.int32), 1),
-        "tokens": per_slot(jnp.full((slots, max_new), pad_id, jnp.int32)),
-        "logp": per_slot(jnp.zeros((slots, max_new), jnp.float32)),
-        "sample_logp": per_slot(jnp.zeros((slots, max_new), jnp.float32)),
-        "finish": per_slot(jnp.full((slots,), LENGTH, jnp.int32)),
+        "tokens": jnp.full((slots, max_new), pad_id, jnp.int32),
+        "logp": jnp.zeros((slots, max_new), jnp.float32),
+        "sample_logp": jnp.zeros((slots, max_new), jnp.float32),
+        "finish": jnp.full((slots,), LENGTH, jnp.int32),
         "steps": zero, "slot_steps": zero, "prefills": zero,  # since the state was made
-    }
+    }, sharding)
 
 
 def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, max_steps, *,
@@ -795,7 +824,9 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
             tok, logp, slogp, forced = budget_lib.force(bf, forced, t, tok, logits, logp,
                                                         slogp)
         stopped = jnp.isin(tok, stop_ids)
-        finish = jnp.where(stopped, STOP, LENGTH)
+        # int32, not weakly typed: the state must leave the run with the avals it entered
+        # with, or the stream's next dispatch compiles the run again.
+        finish = jnp.where(stopped, STOP, LENGTH).astype(jnp.int32)
         st = dict(st)
         if slot_ids is None:  # a free slot's t may lie past the end: the write clamps it
             put = jax.vmap(lambda row, x, i: lax.dynamic_update_slice(row, x[None], (i,)))
@@ -906,4 +937,4 @@ def _engine_run(params, state, queue, queue_lens, queue_count, queue_base, key, 
         return st, done, dict(lc, steps=lc["steps"] + 1)
 
     state, done, local = lax.while_loop(cond, body, (state, done, local))
-    return state, done, local["taken"], local["steps"]
+    return _place_state(state, sharding), done, local["taken"], local["steps"]

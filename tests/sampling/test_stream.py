@@ -1,10 +1,15 @@
 """`Sampler.stream`: prompts added over time, groups back as they finish, each completion the
 same as the static-batch sampler gives for the same seed, prompt index and sample index."""
 
+import logging
+
+import jax
 import numpy as np
 import pytest
 
+import r1jax
 from r1jax.sampling import Sampler
+from tests.hf_models import make_hf_model
 from tests.sampling.test_engine import same_rows
 from tests.sampling.test_sampler import T, hf_pair, prompts_of  # noqa: F401
 
@@ -66,3 +71,34 @@ def test_stream_needs_slots_and_one_dispatch_at_a_time(hf_pair):
     with pytest.raises(RuntimeError, match="collect"):
         stream.dispatch()
     stream.collect()
+
+
+def test_a_stream_compiles_its_segment_program_once(tmp_path, caplog):
+    """On a data x fsdp x tensor mesh, segments that start from the freshly made state or from
+    the last segment's state, with 9, 2 or 5 prompts waiting, all run one compiled program:
+    the state leaves each segment with the avals and shardings it entered with, and the queue
+    is padded to the largest size seen."""
+    make_hf_model("qwen2", init_std=0.2, seed=4).save_pretrained(tmp_path)
+    mesh = r1jax.sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    engine = Sampler(r1jax.load_hf(str(tmp_path), mesh=mesh), max_prompt_len=32,
+                     max_new_tokens=T, eos_token_ids=[5, 9], max_slots=8)
+    batches = [prompts_of((3, 8, 5, 12, 6, 4, 9, 2, 7), seed=1), prompts_of((5, 3), seed=2),
+               prompts_of((6, 2, 8, 4, 3), seed=3)]
+    kw = dict(n=2, temperature=1.0, seed=4)
+    got = {}
+    with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
+        for start in range(2):  # a second stream of the same sampler reuses the program too
+            stream = engine.stream(segment_steps=2, **kw)
+            for batch in batches:
+                stream.add(batch)
+                while stream.waiting:
+                    assert stream.dispatch()
+                    got[start] = got.get(start, []) + stream.collect()
+            while stream.dispatch():
+                got[start] += stream.collect()
+            assert len(got[start]) == 16
+    compiles = [r for r in caplog.records if "Compiling jit(_engine_run)" in r.getMessage()]
+    assert len(compiles) == 1
+    ref = engine.generate(sum(batches, []), **kw)
+    for p, out in got[1]:
+        np.testing.assert_array_equal(out.tokens, ref.tokens[2 * p:2 * p + 2, :T])
