@@ -2,7 +2,7 @@
 
 import os
 
-from tests.xla_env import cpu_xla_flags
+from tests.xla_env import compile_cache_dir, cpu_xla_flags
 
 os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -20,14 +20,22 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 # would refuse all but one ("Internal error when accessing libtpu multi-process lockfile").
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+# Compiled programs persist between runs (the test processes and the command lines they
+# start all inherit these): a run after the first loads most of its executables instead of
+# compiling them. The cache sits outside the checkout, so a fresh clone on the same machine
+# finds it; R1JAX_TEST_COMPILE_CACHE moves it. JAX keys each entry on the program, the
+# compile options, the devices and the jax / jaxlib versions, so a stale entry is never used.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache_dir())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import shared_data  # noqa: E402
 
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,7 @@ def accuracy(run_dir, tag):
 
 def test_dpo_on_correct_vs_incorrect_samples_raises_held_out_accuracy(tmp_path, data_dir):
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=cpu_xla_flags(1),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+               XLA_FLAGS=cpu_xla_flags(1))
     cold = pipeline.stages(str(tmp_path), "full")[0]
     run(cold.argv, env, ROOT)
     rs_dir = tmp_path / "rejection"

@@ -34,8 +34,7 @@ def test_light_r1_tiny_sft_dpo_merge_from_the_command_line(tmp_path, data_dir):
     and a Hugging Face export. Merge: the recipe's tiny variant (linear, equal weights) over
     the two exports equals their NumPy mean, tensor by tensor."""
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=cpu_xla_flags(1),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+               XLA_FLAGS=cpu_xla_flags(1))
     sft_dir, run_dir = tmp_path / "sft", tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "r1jax.sft_run", f"--config={SFT_CONFIG}:tiny",
                            "--config.train.progress_bar=False", "--config.train.export_hf=True",

@@ -23,8 +23,7 @@ SFT = os.path.join(os.path.dirname(sys.executable), "r1jax-sft")
 
 def test_tiny_variant_from_the_command_line(tmp_path, data_dir):
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=cpu_xla_flags(8),  # fsdp over 8
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+               XLA_FLAGS=cpu_xla_flags(8))  # fsdp over 8
     run_dir = tmp_path / "run"
     done = subprocess.run([SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}",
                            "--config.train.progress_bar=False", "--config.train.export_hf=True"],
@@ -151,8 +150,7 @@ def test_a_conversation_file_on_one_device_with_field_mapping_and_drops(tmp_path
     too_long = sum(n > 96 for n in lengths)
     assert 0 < too_long < 16
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=cpu_xla_flags(1),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"))
+               XLA_FLAGS=cpu_xla_flags(1))
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [SFT, f"--config={CONFIG}:tiny", f"--config.train.run_dir={run_dir}",

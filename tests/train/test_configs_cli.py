@@ -29,9 +29,7 @@ MESHES = {1: [], 8: ["--config.mesh.fsdp=4", "--config.mesh.tensor=2"]}
 
 def run_cli(config: str, devices: int, run_dir: str, data_dir: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, R1JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=cpu_xla_flags(devices),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+               XLA_FLAGS=cpu_xla_flags(devices))
     cmd = [TRAIN, f"--config=configs/{config}:tiny", f"--config.train.run_dir={run_dir}",
            "--config.train.progress_bar=False", *MESHES[devices]]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -60,9 +60,7 @@ def start(run_dir: str, processes: int, *flags: str, logs: str = "",
           command: tuple = (TRAIN, *JOB)) -> list:
     """Starts `command` (default: the RL job) as `processes` processes x (8 / processes)
     devices; returns them."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(8 // processes),
-               JAX_COMPILATION_CACHE_DIR=os.path.join(ROOT, ".cache", "jax"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(8 // processes))
     port = free_port()
     procs = []
     for i in range(processes):
