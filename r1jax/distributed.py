@@ -15,7 +15,9 @@ One process (the default everywhere) makes every function here a no-op or a loca
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import dataclasses
 import hashlib
 import json
 import logging
@@ -87,6 +89,43 @@ def initialize(cfg: DistributedConfig) -> bool:
     log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return jax.process_count() > 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--distributed.FIELD` flags for the command-line tools that take flags instead of a
+    config file (r1jax-eval, r1jax-rejection-sample): the `distributed` config section's
+    fields, with its names and defaults (`config_from_args` reads them back)."""
+    group = parser.add_argument_group("multi-process job (the `distributed` config fields)")
+    for field in dataclasses.fields(DistributedConfig):
+        default = field.default
+        kind = (lambda v: _parse_bool(v)) if isinstance(default, bool) else type(default)
+        group.add_argument(f"--distributed.{field.name}", dest=f"distributed.{field.name}",
+                           type=kind, default=default, metavar=type(default).__name__.upper(),
+                           help=f"default {default!r}")
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> DistributedConfig:
+    """The DistributedConfig of `add_arguments`' flags, validated (ConfigError)."""
+    cfg = DistributedConfig(**{f.name: getattr(args, f"distributed.{f.name}")
+                               for f in dataclasses.fields(DistributedConfig)})
+    cfg.validate("distributed")
+    return cfg
+
+
+def flags_config(args: argparse.Namespace) -> dict:
+    """A tool's parsed flags as the dict `check_same_config` compares (the
+    `--distributed.*` flags, which legitimately differ between processes, left out)."""
+    return {"flags": {k: v for k, v in sorted(vars(args).items())
+                      if not k.startswith("distributed.")}}
 
 
 # Exit status of a process that stops because another process of its job was lost.
@@ -165,6 +204,11 @@ def multi_process() -> bool:
     return jax.process_count() > 1
 
 
+def is_writer() -> bool:
+    """Whether this process writes the job's files and console output (process 0)."""
+    return jax.process_index() == 0
+
+
 def gather(values: np.ndarray) -> np.ndarray:
     """[P, *values.shape]: each process's host array, on every process (same order)."""
     if not multi_process():
@@ -221,7 +265,7 @@ def check_same_config(config: dict) -> None:
     if differ:
         raise ConfigError(f"processes {differ} were started with a config different from "
                           "process 0's (every process must get the same config file and "
-                          "--config flags, apart from distributed.*)")
+                          "flags, apart from distributed.*)")
 
 
 def prepare_run_dir(config: dict, run_dir: str) -> str:
@@ -235,9 +279,10 @@ def prepare_run_dir(config: dict, run_dir: str) -> str:
     return run_dir
 
 
-def check_shared_dir(path: str) -> None:
-    """Refuses to start when `path` (train.run_dir) is not the same directory on every
-    process: process 0 writes a marker there and every process must see it.
+def check_shared_dir(path: str, name: str = "train.run_dir") -> None:
+    """Refuses to start when `path` (the config key or flag `name`) is not the same
+    directory on every process: process 0 writes a marker there and every process must see
+    it.
 
     Raises:
       ConfigError: naming the processes that do not see process 0's marker.
@@ -258,7 +303,7 @@ def check_shared_dir(path: str) -> None:
         os.remove(marker)
     missing = [p for p in range(len(seen)) if not seen[p]]
     if missing:
-        raise ConfigError(f"train.run_dir {path!r} is not shared: processes {missing} do not "
+        raise ConfigError(f"{name} {path!r} is not shared: processes {missing} do not "
                           "see what process 0 writes there (use a shared filesystem or a "
                           "bucket path every host mounts)")
 

@@ -32,6 +32,10 @@ with the same flags truncates the files to those lengths and continues with the 
 nothing is duplicated or lost, and the output equals an uninterrupted run's (a batch's seed
 depends only on --seed, its first prompt and the round). SIGTERM stops after the current
 batch.
+
+Several processes (`--distributed.*` flags, the `distributed` config fields): every process
+samples every completion and scores its share; process 0 writes --out_dir, which every
+process must see (it resumes from the shared progress record).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from r1jax import distributed
 from r1jax.data import RECIPES, DataError, field_recipe, load_source
 from r1jax.evaluation import policy as pol
 from r1jax.evaluation.evaluate import prepare_problems, write_json
@@ -159,6 +164,7 @@ def make_parser() -> argparse.ArgumentParser:
     out.add_argument("--out_dir", required=True)
     out.add_argument("--restart", action="store_true",
                      help="discard a previous run's output in --out_dir instead of resuming")
+    distributed.add_arguments(p)
     return p
 
 
@@ -261,11 +267,17 @@ def _settings(a: argparse.Namespace, policy: pol.Policy, job: Job) -> dict:
 
 
 class Output:
-    """The output files of a run, resumable at batch boundaries."""
+    """The output files of a run, resumable at batch boundaries.
 
-    def __init__(self, out_dir: str, settings: dict, restart: bool):
+    Every process of a multi-process job reads the progress record (the directory is shared:
+    `distributed.check_shared_dir`), so all resume at the same prompt with the same counts;
+    only the `writer` (process 0) opens, truncates and appends to the files.
+    """
+
+    def __init__(self, out_dir: str, settings: dict, restart: bool, writer: bool = True):
         self.dir = os.path.abspath(out_dir)
         os.makedirs(self.dir, exist_ok=True)
+        self.writer = writer
         self.progress_path = os.path.join(self.dir, "progress.json")
         self.done, self.counts = 0, {"samples": 0, "correct": 0, "kept": 0,
                                      "prompts_in_range": 0, "prompts_solved": 0}
@@ -283,6 +295,9 @@ class Output:
             log.info("resuming after %d prompts", self.done)
         self.settings = settings
         self.files = {}
+        distributed.barrier("r1jax_rejection_progress_read")  # before the writer rewrites it
+        if not writer:
+            return
         for name in FILES:
             path = os.path.join(self.dir, name)
             with open(path, "ab"):
@@ -292,8 +307,9 @@ class Output:
         self._record()
 
     def write(self, lines: dict[str, list[dict]], done: int, counts: dict) -> None:
-        """Appends a batch's lines, syncs them, then records the new position."""
-        for name, rows in lines.items():
+        """Appends a batch's lines, syncs them, then records the new position (the writer;
+        the other processes only count)."""
+        for name, rows in (lines.items() if self.writer else ()):
             f = self.files[name]
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
             f.flush()
@@ -301,7 +317,8 @@ class Output:
         self.done = done
         for key, value in counts.items():
             self.counts[key] += value
-        self._record()
+        if self.writer:
+            self._record()
 
     def _record(self) -> None:
         offsets = {name: self.files[name].tell() for name in FILES} if self.files else \
@@ -328,7 +345,8 @@ def _sample_round(sampler, tok, pool, job, chunk, a, seed, indices) -> list[dict
     rows = len(chunk) * a.k
     texts = tok.batch_decode(out.completions()[:rows], skip_special_tokens=True)
     lengths = [int(x) for x in out.lengths[:rows]]
-    scored = pool.score(texts, [chunk[i // a.k] for i in range(rows)], lengths)
+    scored = distributed.score_shared(pool, texts, [chunk[i // a.k] for i in range(rows)],
+                                      lengths)
     samples = []
     for i in range(rows):
         p, j = divmod(i, a.k)
@@ -342,21 +360,25 @@ def _sample_round(sampler, tok, pool, job, chunk, a, seed, indices) -> list[dict
 
 
 def run(a: argparse.Namespace, stop: Any = lambda: False) -> dict:
-    """Samples, verifies and writes as the flags say; returns the summary."""
+    """Samples, verifies and writes as the flags say; returns the summary.
+
+    In a multi-process job every process samples and holds every completion, scores its
+    share (`distributed.score_shared`), and takes the same keep / resample decisions from
+    the gathered verdicts; process 0 alone writes --out_dir, which must be shared; a stop
+    request on any process stops all after the same batch.
+    """
     from r1jax.rewards import RewardPool
     from r1jax.sampling import Sampler
 
     _check_args(a)
-    import jax
-    if jax.process_count() > 1:
-        raise UsageError(f"r1jax-rejection-sample runs on one host for now (this job has "
-                         f"{jax.process_count()} processes)")
+    if distributed.multi_process():
+        distributed.check_shared_dir(a.out_dir, "--out_dir")
     policy = pol.load_policy(a, pol.mesh_from_flag(a.mesh))
     job = _job(a, policy)
     if not job.problems:
         raise DataError("no prompts to sample")
     settings = _settings(a, policy, job)
-    output = Output(a.out_dir, settings, a.restart)
+    output = Output(a.out_dir, settings, a.restart, writer=distributed.is_writer())
     tok = policy.tokenizer
     longest = max(p["prompt_len"] for p in job.problems)
     sampler = Sampler(policy.model, max_prompt_len=longest, max_new_tokens=job.max_new_tokens,
@@ -370,7 +392,7 @@ def run(a: argparse.Namespace, stop: Any = lambda: False) -> dict:
         with RewardPool(job.specs, num_workers=a.reward_workers,
                         timeout_s=a.reward_timeout) as pool:
             for start in range(output.done, len(job.problems), a.batch_size):
-                if stop():
+                if distributed.any_process(stop()):
                     log.info("stopping after %d prompts (signal)", output.done)
                     break
                 chunk = job.problems[start:start + a.batch_size]
@@ -384,7 +406,8 @@ def run(a: argparse.Namespace, stop: Any = lambda: False) -> dict:
         seconds=time.perf_counter() - start_time)
     summary["pass_rate_mean"] = (output.counts["correct"] / output.counts["samples"]
                                  if output.counts["samples"] else 0.0)
-    write_json(os.path.join(output.dir, "summary.json"), summary)
+    if output.writer:
+        write_json(os.path.join(output.dir, "summary.json"), summary)
     return summary
 
 
@@ -447,12 +470,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stopped = []
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     try:
-        summary = run(a, stop=lambda: bool(stopped))
+        if distributed.initialize(distributed.config_from_args(a)):
+            distributed.watch_processes()
+        distributed.check_same_config(distributed.flags_config(a))
+        try:
+            summary = run(a, stop=lambda: bool(stopped))
+        except Exception as e:  # noqa: BLE001 - a lost process ends the job with its name
+            distributed.exit_if_peer_lost(e)
+            raise
     except errors as e:
         print(f"r1jax-rejection-sample: error: {e}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not distributed.is_writer():
+        return 0
     state = "complete" if summary["complete"] else "stopped early (run again to continue)"
     print(f"{summary['prompts_done']} / {summary['prompts']} prompts {state} | samples "
           f"{summary['samples']} | correct {summary['correct']} (pass rate "

@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+from r1jax import distributed
 from r1jax.config import ConfigError
 from r1jax.data import BENCHMARKS, RECIPES, DataError, field_recipe, load_source
 from r1jax.data.code_recipes import PACKAGED_BENCHMARKS
@@ -96,6 +97,7 @@ def make_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--out_dir", required=True, help="where the reports are written")
     out.add_argument("--no_progress", action="store_true", help="no progress bar")
+    distributed.add_arguments(p)
     return p
 
 
@@ -223,11 +225,18 @@ def _load_benchmarks(a, tokenizer, template, system) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
-    """Evaluates as the parsed flags say; returns the overall report."""
+    """Evaluates as the parsed flags say; returns the overall report.
+
+    In a multi-process job every process samples and holds every completion, grades its
+    share (`distributed.score_shared`), and process 0 alone prints and writes the reports.
+    """
+    import jax
+
     from r1jax.rewards import RewardPool
     from r1jax.sampling import Sampler
 
     _check_args(a)
+    writer = jax.process_index() == 0
     policy = pol.load_policy(a, pol.mesh_from_flag(a.mesh))
     template, system, mode, pattern = _defaults(a, policy)
     budget_forcing = _budget_forcing(a, policy.tokenizer)
@@ -264,15 +273,17 @@ def run(a: argparse.Namespace) -> dict:
                               top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens,
                               seed=a.seed, batch_size=a.batch_size, extraction_mode=mode,
                               answer_pattern=pattern, budget_forcing=budget_forcing,
-                              progress=False if a.no_progress else name)
+                              progress=False if a.no_progress or not writer else name)
             result.report = dict(result.report, benchmark=name, source=source.stats.path,
                                  skipped_rows=dict(source.stats.skipped),
                                  dropped_long_prompts=stats.too_long, settings=settings)
-            write_results(a.out_dir, name, result)
             reports[name] = result.report
-            _print_line(name, result.report)
+            if writer:
+                write_results(a.out_dir, name, result)
+                _print_line(name, result.report)
     overall = dict(combine_reports(reports), settings=settings)
-    write_json(os.path.join(a.out_dir, "overall.json"), overall)
+    if writer:
+        write_json(os.path.join(a.out_dir, "overall.json"), overall)
     return overall
 
 
@@ -290,10 +301,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        overall = run(a)
+        if distributed.initialize(distributed.config_from_args(a)):
+            distributed.watch_processes()
+        distributed.check_same_config(distributed.flags_config(a))
+        try:
+            overall = run(a)
+        except Exception as e:  # noqa: BLE001 - a lost process ends the job with its name
+            distributed.exit_if_peer_lost(e)
+            raise
     except (UsageError,) + _ERRORS as e:
         print(f"r1jax-eval: error: {e}", file=sys.stderr)
         return 2
+    if not distributed.is_writer():
+        return 0
     if len(overall["benchmarks"]) > 1:
         w = overall["weighted"]
         print(f"overall ({overall['problems']} problems): pass@1 {w['pass@1']:.4f} weighted, "

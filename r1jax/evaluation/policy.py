@@ -300,6 +300,10 @@ def mesh_from_flag(spec: str) -> Sharding:
                           f"got {spec!r}")
     devices = jax.devices()
     if -1 not in sizes and 0 < sizes[0] * sizes[1] * sizes[2] < len(devices):
+        if jax.process_count() > 1:
+            raise PolicyError(f"--mesh={spec} covers {sizes[0] * sizes[1] * sizes[2]} of the "
+                              f"job's {len(devices)} devices; with several processes the "
+                              "mesh spans every device (use -1 for the rest)")
         devices = devices[:sizes[0] * sizes[1] * sizes[2]]  # a mesh on fewer devices
     try:
         return Sharding(make_mesh(*sizes, devices=devices))

@@ -211,3 +211,57 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
     # One checkpoint before RL (step 0) and the one SIGTERM saved, at the step they stopped.
     assert checkpoints == [0, int(stopped_at[0][0])] and checkpoints[1] < 3, checkpoints
     assert "SIGTERM: saving a checkpoint" in open(f"{run_dir}.0.log").read()
+
+
+def test_rejection_sampling_and_evaluation_as_two_processes_equal_one(one_process, tmp_path):
+    """`r1jax-rejection-sample` and `r1jax-eval` on the reference run's checkpoint, as 2
+    processes x 4 devices (`--distributed.*` flags), write exactly the files the same
+    commands write as this test's one process of 8 devices: each process samples every
+    completion and scores its share, and process 0 alone writes (a second writer would
+    duplicate every line)."""
+    from r1jax import rejection
+    from r1jax.evaluation import cli
+    questions = tmp_path / "sums.jsonl"
+    questions.write_text("".join(json.dumps({"q": f"{a}+{b}=", "a": str(a + b)}) + "\n"
+                                 for a, b in ((3, 4), (5, 2), (1, 8), (6, 6), (9, 3), (2, 2))))
+    tools = {
+        "rejection": (rejection.main, [sys.executable, "-m", "r1jax.rejection"],
+                      ["--k=4", "--limit=8", "--batch_size=4", "--temperature=1.0",
+                       "--max_new_tokens=8", "--resample_failed=1", "--seed=3",
+                       # correct when a digit of the completion is the sum's first: a random
+                       # policy gets some, so every output file has lines
+                       "--extraction=regex", "--answer_pattern=(\\d)"]),
+        "eval": (cli.main, [sys.executable, "-m", "r1jax.evaluation.cli"],
+                 [f"--benchmarks={questions}", "--question_key=q", "--answer_key=a",
+                  "--n=3", "--temperature=1.0", "--max_new_tokens=8", "--batch_size=4",
+                  "--no_progress"]),
+    }
+    for name, (main, command, flags) in tools.items():
+        flags = [f"--checkpoint={one_process}", *flags]
+        assert main([*flags, f"--out_dir={tmp_path / name}_one"]) == 0
+        out = tmp_path / f"{name}_two"
+        port = free_port()
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(4))
+        procs = [subprocess.Popen(
+            [*command, *flags, f"--out_dir={out}",
+             f"--distributed.coordinator_address=127.0.0.1:{port}",
+             "--distributed.num_processes=2", f"--distributed.process_id={i}",
+             "--distributed.heartbeat_timeout_s=30"],
+            cwd=ROOT, env=env, stdout=open(f"{out}.{i}.log", "w"), stderr=subprocess.STDOUT)
+            for i in range(2)]
+        codes = finish(procs)
+        logs = [open(f"{out}.{i}.log").read() for i in range(2)]
+        assert codes == [0, 0], "".join(log[-3000:] for log in logs)
+        one = sorted(os.listdir(tmp_path / f"{name}_one"))
+        assert sorted(os.listdir(out)) == one and len(one) >= 3, one
+        for f in one:
+            a, b = (open(os.path.join(d, f)).read() for d in (tmp_path / f"{name}_one", out))
+            if f.endswith(".jsonl"):
+                assert a == b and a, f  # the same lines, once
+            else:  # reports: the same figures apart from the wall-clock time
+                drop = lambda d: {k: v for k, v in json.loads(d).items()  # noqa: E731
+                                  if k not in ("seconds", "written_at")}
+                assert drop(a) == drop(b), f
+        # One console report: process 0's.
+        marker = "prompts complete" if name == "rejection" else "reports in"
+        assert marker in logs[0] and marker not in logs[1]
