@@ -20,11 +20,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 # would refuse all but one ("Internal error when accessing libtpu multi-process lockfile").
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-# Compiled programs persist between runs (the test processes and the command lines they
-# start all inherit these): a run after the first loads most of its executables instead of
-# compiling them. The cache sits outside the checkout, so a fresh clone on the same machine
-# finds it; R1JAX_TEST_COMPILE_CACHE moves it. JAX keys each entry on the program, the
-# compile options, the devices and the jax / jaxlib versions, so a stale entry is never used.
+# One persistent compile cache for the test processes and every command line they start
+# (all inherit these): a program compiled by one test is loaded by the others.
+# R1JAX_TEST_COMPILE_CACHE moves it. JAX's cache key includes the directory's path (through
+# XLA's GPU cache options), so two directories never share entries.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache_dir())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
