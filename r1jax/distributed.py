@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-process job (the `distributed` config fields)")
     for field in dataclasses.fields(DistributedConfig):
         default = field.default
-        kind = (lambda v: _parse_bool(v)) if isinstance(default, bool) else type(default)
+        kind = _parse_bool if isinstance(default, bool) else type(default)
         group.add_argument(f"--distributed.{field.name}", dest=f"distributed.{field.name}",
                            type=kind, default=default, metavar=type(default).__name__.upper(),
                            help=f"default {default!r}")

@@ -230,13 +230,11 @@ def run(a: argparse.Namespace) -> dict:
     In a multi-process job every process samples and holds every completion, grades its
     share (`distributed.score_shared`), and process 0 alone prints and writes the reports.
     """
-    import jax
-
     from r1jax.rewards import RewardPool
     from r1jax.sampling import Sampler
 
     _check_args(a)
-    writer = jax.process_index() == 0
+    writer = distributed.is_writer()
     policy = pol.load_policy(a, pol.mesh_from_flag(a.mesh))
     template, system, mode, pattern = _defaults(a, policy)
     budget_forcing = _budget_forcing(a, policy.tokenizer)
