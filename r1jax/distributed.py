@@ -88,7 +88,24 @@ def initialize(cfg: DistributedConfig) -> bool:
             f"({cfg.initialization_timeout_s} s) and reach the coordinator's port") from e
     log.info("process %d of %d: %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        _no_persistent_cache_on_cpu()
     return jax.process_count() > 1
+
+
+def _no_persistent_cache_on_cpu() -> None:
+    """Turns JAX's persistent compile cache off for a multi-process CPU job.
+
+    JAX writes cache entries from process 0 only, and on CPU each process's key names its
+    own devices, so process 0 would load every program from an earlier run while its peers
+    compile theirs afresh. A 2-process `r1jax-dpo` job started that way from a warm cache
+    (tests/sft/test_sft_multiprocess.py) deadlocked in its first update: both processes
+    waited on the update's gloo collectives, reproducibly, while the same job from an empty
+    cache (both processes compiling) passes. Every process compiles instead."""
+    if jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir:
+        log.info("multi-process CPU job: the persistent compile cache (%s) is not used",
+                 jax.config.jax_compilation_cache_dir)
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

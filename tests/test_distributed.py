@@ -65,3 +65,48 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 2, err[-2000:]
         assert "processes [1] were started with a config different from process 0's" in err
+
+
+JOB = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from r1jax import distributed
+from r1jax.config import DistributedConfig
+port, n, i = sys.argv[1:4]
+distributed.initialize(DistributedConfig(
+    coordinator_address=f"127.0.0.1:{port}" if int(n) > 1 else "", num_processes=int(n),
+    process_id=int(i), initialization_timeout_s=60))
+x = jax.make_array_from_process_local_data(
+    jax.sharding.NamedSharding(jax.make_mesh((jax.device_count(),), ("d",)),
+                               jax.sharding.PartitionSpec("d")), np.ones((1,), np.float32))
+print("sum", float(jax.jit(lambda a: a.sum() * 3)(x)), jax.config.jax_enable_compilation_cache)
+"""
+
+
+def test_a_multi_process_cpu_job_keeps_out_of_the_persistent_compile_cache(tmp_path):
+    """On CPU only process 0 writes the cache and each process's keys name its own devices:
+    a job would start with process 0 loading what the others compile (a pairing seen to
+    deadlock in gloo collectives). One process still uses the cache (the control)."""
+    def job(n: int, cache: str) -> list[str]:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(1),
+                   JAX_COMPILATION_CACHE_DIR=cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        port = free_port()
+        procs = [subprocess.Popen([sys.executable, "-c", JOB, str(port), str(n), str(i)],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(n)]
+        try:
+            results = [p.communicate(timeout=240) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        for p, (_, err) in zip(procs, results):
+            assert p.returncode == 0, err[-2000:]
+        return [out.strip().splitlines()[-1] for out, _ in results]
+
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert job(1, one) == ["sum 3.0 True"]
+    assert os.listdir(one)  # the control: one process writes its programs
+    assert job(2, two) == ["sum 6.0 False"] * 2
+    assert not os.path.exists(two) or not os.listdir(two)
