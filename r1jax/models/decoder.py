@@ -26,8 +26,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from r1jax.config import ModelConfig
 from r1jax.models import attention as attn_lib
-from r1jax.models.layers import (apply_rope, gated_mlp, positions_from_segments,
-                                 rms_norm, rope_inv_freq)
+from r1jax.models.layers import (gated_mlp, positions_from_segments, rms_norm, rope_angles,
+                                 rope_inv_freq, rotate)
 from r1jax.sharding import Sharding, constrain
 
 Params = dict[str, Any]
@@ -122,9 +122,19 @@ def _project(x: jax.Array, w: jax.Array) -> jax.Array:
     return (x @ w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
 
 
-def project_qkv(p: Params, x: jax.Array, positions: jax.Array, cfg: ModelConfig,
+Rope = tuple[jax.Array, jax.Array]  # cos, sin [B, S, Dh / 2] from `rope_tables`
+
+
+def rope_tables(positions: jax.Array, cfg: ModelConfig) -> Rope:
+    """The RoPE angles of positions [B, S] (`layers.rope_angles`), for every layer."""
+    return rope_angles(positions, rope_inv_freq(cfg.head_dim, cfg.rope_theta,
+                                                cfg.rope_scaling))
+
+
+def project_qkv(p: Params, x: jax.Array, rope: Rope, cfg: ModelConfig,
                 sharding: Optional[Sharding]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Queries [B, S, H, Dh] and keys, values [B, S, K, Dh], with bias, q/k norm and RoPE."""
+    """Queries [B, S, H, Dh] and keys, values [B, S, K, Dh], with bias, q/k norm and RoPE
+    (`rope` from `rope_tables`)."""
     q = _project(x, p["wq"])
     k = _project(x, p["wk"])
     v = _project(x, p["wv"])
@@ -133,28 +143,27 @@ def project_qkv(p: Params, x: jax.Array, positions: jax.Array, cfg: ModelConfig,
     if cfg.qk_norm:
         q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
-    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
+    q = rotate(q, *rope)
+    k = rotate(k, *rope)
     q = constrain(q, ("act_batch", "act_seq", "act_heads", None), sharding)
     k = constrain(k, ("act_batch", "act_seq", "act_kv_heads", None), sharding)
     v = constrain(v, ("act_batch", "act_seq", "act_kv_heads", None), sharding)
     return q, k, v
 
 
-def block(p: Params, x: jax.Array, positions: jax.Array, attend: Attend, cfg: ModelConfig,
+def block(p: Params, x: jax.Array, rope: Rope, attend: Attend, cfg: ModelConfig,
           sharding: Optional[Sharding]) -> tuple[jax.Array, Any]:
     """One pre-norm decoder layer. `attend(q, k, v) -> (out [B, S, H, Dh], aux)`.
 
     Args:
       p: one layer's parameters (the `layers` dict sliced at one index), compute dtype.
       x: [B, S, D] residual stream.
-      positions: [B, S] RoPE positions.
+      rope: the RoPE angles of the positions (`rope_tables`).
     Returns:
       (x [B, S, D], aux from `attend`).
     """
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q, k, v = project_qkv(p, h, positions, cfg, sharding)
+    q, k, v = project_qkv(p, h, rope, cfg, sharding)
     o, aux = attend(q, k, v)
     # As a 2-D matmul over the flattened heads: both reshapes are free, and XLA gets no
     # choice of contraction order that would make it transpose wo on every call.
@@ -193,10 +202,11 @@ def embed_tokens(params: Params, tokens: jax.Array, cfg: ModelConfig,
 def run_layers(params: Params, x: jax.Array, positions: jax.Array, attend: Attend,
                cfg: ModelConfig, sharding: Optional[Sharding]) -> tuple[jax.Array, Any]:
     """All layers with the same `attend`; aux of each layer stacked on a leading L axis."""
+    rope = rope_tables(positions, cfg)
 
     def body(x, p):
         p = cast(p, cfg.dtype)
-        return block(p, x, positions, attend, cfg, sharding)
+        return block(p, x, rope, attend, cfg, sharding)
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)

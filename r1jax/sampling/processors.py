@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from r1jax.sampling import threefry
+
 NEG_INF = -jnp.inf
 
 
@@ -113,7 +115,7 @@ def _uniforms(key: jax.Array, rows: int) -> jax.Array:
     keys."""
     if key.ndim == 0:
         return jax.random.uniform(key, (rows,), jnp.float32)
-    return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+    return threefry.uniforms(key)
 
 
 def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
