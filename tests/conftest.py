@@ -21,9 +21,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 # One persistent compile cache for the test processes and every command line they start
-# (all inherit these): a program compiled by one test is loaded by the others.
-# R1JAX_TEST_COMPILE_CACHE moves it. JAX's cache key includes the directory's path (through
-# XLA's GPU cache options), so two directories never share entries.
+# (all inherit these): a program compiled by one test, or by an earlier run, is loaded by the
+# others. It sits outside the checkout (tests/xla_env.py), at a fixed path: JAX's cache key
+# includes the directory's path (through XLA's GPU cache options), so two directories never
+# share entries. JAX keys each entry on the program, the compile options, the devices and the
+# jax / jaxlib versions, so a stale entry is never used. The multi-process jobs keep out of
+# it (r1jax.distributed: on CPU, process 0 alone would load from it).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", compile_cache_dir())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 

@@ -20,7 +20,8 @@ def cpu_xla_flags(devices: int = 8) -> str:
 
 
 def compile_cache_dir() -> str:
-    """The tests' persistent compile cache: $R1JAX_TEST_COMPILE_CACHE, else .cache/jax in
-    the checkout (a fresh clone compiles afresh)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.environ.get("R1JAX_TEST_COMPILE_CACHE") or os.path.join(root, ".cache", "jax")
+    """The tests' persistent compile cache: $R1JAX_TEST_COMPILE_CACHE, else
+    $XDG_CACHE_HOME/r1jax/jax-tests (~/.cache/r1jax/jax-tests), outside the checkout so
+    that a fresh clone on the same machine finds the programs an earlier run compiled."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("R1JAX_TEST_COMPILE_CACHE") or os.path.join(base, "r1jax", "jax-tests")

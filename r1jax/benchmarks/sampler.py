@@ -11,6 +11,10 @@ measured here.
     python -m r1jax.benchmarks.sampler --models=tiny --batch=8
     python -m r1jax.benchmarks.sampler --positions=128,1024,4096 --models=small
 
+Both peers use the whole machine: transformers through PyTorch's intra-op threads, r1jax (by
+default, on a CPU host) by splitting the batch over one device per core (`use_every_core`);
+`--data_parallel=1` measures r1jax on one device.
+
 `--positions` reports the time of one decode step at those positions instead: the difference
 between generating 2m and m tokens after a prompt of that length, divided by m, so that the
 prefill cancels out; the growth with position is the attention over the filled cache.
@@ -50,6 +54,24 @@ def matmul_flops(dtype: str = "float32", n: int = 1024, repeats: int = 5) -> flo
     f(a, a).block_until_ready()
     best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * n ** 3 / best
+
+
+def use_every_core() -> int:
+    """The r1jax layout that uses the whole machine, as transformers' intra-op threads do:
+    on a CPU host one device per core with the batch split over them (XLA:CPU runs each
+    device's small operations on one thread; one device leaves the other cores idle), else
+    one device. Sets `jax_num_cpu_devices` when the CPU backend has not started yet and the
+    device count was not set otherwise (XLA_FLAGS); returns the devices to use."""
+    from jax._src import xla_bridge
+    flags = os.environ.get("XLA_FLAGS", "")
+    platforms = os.environ.get("JAX_PLATFORMS", "cpu")
+    if (platforms.split(",")[0] == "cpu" and "host_platform_device_count" not in flags
+            and not xla_bridge.backends_are_initialized()):
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = min(jax.local_device_count(), os.cpu_count() or 1)
+    return max(1, cores)
 
 
 def _timed(fn) -> float:
@@ -151,17 +173,23 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--skip_transformers", action="store_true")
-    p.add_argument("--data_parallel", type=int, default=1,
-                   help="split the batch over this many devices (on CPU: set "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=N, one per core)")
+    p.add_argument("--data_parallel", type=int, default=0,
+                   help="split r1jax's batch over this many devices (a data mesh); 0: every "
+                        "core of a CPU host, one device each (see `use_every_core`), else one "
+                        "device")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--positions", default=None,
                    help="comma-separated positions: report decode step time at each")
     args = p.parse_args(argv)
     if args.positions:
         return positions_main(args)
+    if args.data_parallel == 0:
+        args.data_parallel = use_every_core()
     flops = matmul_flops("float32")
-    print(f"device: {jax.devices()[0].device_kind}, fp32 matmul: {flops / 1e9:.1f} GFLOP/s")
+    import torch
+    print(f"device: {jax.devices()[0].device_kind}, fp32 matmul: {flops / 1e9:.1f} GFLOP/s; "
+          f"r1jax on {args.data_parallel} device(s), transformers on {torch.get_num_threads()} "
+          "thread(s)")
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,6 +201,7 @@ def main(argv=None) -> list[dict]:
             sec, compile_s = bench_r1jax(tmp, prompts, args.new_tokens, args.repeats,
                                          args.dtype, args.data_parallel)
             row = {"model": name, "params": int(n_params), "batch": args.batch,
+                   "r1jax_devices": args.data_parallel, "torch_threads": torch.get_num_threads(),
                    "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
                    "r1jax_tok_s": tokens / sec, "r1jax_compile_s": compile_s,
                    "roofline_frac": 2 * n_params * tokens / sec / flops}
