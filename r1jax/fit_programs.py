@@ -289,18 +289,20 @@ class RunPrograms:
                        for _ in range(m.num_layers)))
         sp = self._sampling()
 
-        def step(layer_params, head_params, cache, tokens, pos, seed):
+        def step(layer_params, head_params, cache, tokens, pos, rope_table, seed):
             logits, cache = sampler_lib._decode_step(layer_params, head_params, cache,
-                                                     tokens, pos, m, sh, keys_t)
+                                                     tokens, pos, rope_table, m, sh, keys_t)
             tok, logp, _ = sample(logits, jax.random.key(seed), sp)
             return tok, logp, cache
 
         row = _sds((rows,), jnp.int32, sh.named(("act_batch",), (rows,)))
-        args = ([layer] * m.num_layers, head, cache, row, row,
+        # `sampler._rope_table`: cos and sin [S, Dh / 2] of every cache position.
+        rope = (_sds((self.width, m.head_dim // 2), jnp.float32, self.replicated),) * 2
+        args = ([layer] * m.num_layers, head, cache, row, row, rope,
                 _sds((), jnp.uint32, self.replicated))
         return Program("decode", jax.jit(step, donate_argnums=2), args,
                        (f"weights ({m.dtype})", f"lm head + embedding ({m.dtype})",
-                        "kv cache", "tokens", "positions", "seed"),
+                        "kv cache", "tokens", "positions", "rope table", "seed"),
                        f"{rows} rows x {self.width} cache slots",
                        self._resident("params", "opt_state", "reference", "reward models"))
 
