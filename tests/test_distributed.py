@@ -45,24 +45,30 @@ def test_bad_distributed_fields_are_named(overrides, key):
         load_config(os.path.join(ROOT, "configs", "demo_cpu.py") + ":tiny", overrides)
 
 
-def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(1))
-    port = free_port()
-    procs = [subprocess.Popen(
-        [TRAIN, "--config=configs/demo_cpu.py:tiny", f"--config.train.run_dir={tmp_path}",
-         f"--config.train.seed={i}",  # the mistake: process 1 got another seed
-         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-         "--config.distributed.initialization_timeout_s=60"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
+def run_processes(commands: list[list[str]], timeout: float, **env: str) -> list:
+    """Runs the commands at once (one CPU device each, `env` added); returns (process,
+    stdout, stderr) of each, killing any still running after `timeout` seconds."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(1), **env)
+    procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in commands]
     try:
-        results = [p.communicate(timeout=300) for p in procs]
+        results = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (_, err) in zip(procs, results):
+    return [(p, out, err) for p, (out, err) in zip(procs, results)]
+
+
+def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
+    port = free_port()
+    results = run_processes([
+        [TRAIN, "--config=configs/demo_cpu.py:tiny", f"--config.train.run_dir={tmp_path}",
+         f"--config.train.seed={i}",  # the mistake: process 1 got another seed
+         f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+         "--config.distributed.initialization_timeout_s=60"] for i in range(2)], 300)
+    for p, _, err in results:
         assert p.returncode == 2, err[-2000:]
         assert "processes [1] were started with a config different from process 0's" in err
 
@@ -87,23 +93,14 @@ def test_a_multi_process_cpu_job_keeps_out_of_the_persistent_compile_cache(tmp_p
     a job would start with process 0 loading what the others compile (a pairing seen to
     deadlock in gloo collectives). One process still uses the cache (the control)."""
     def job(n: int, cache: str) -> list[str]:
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=cpu_xla_flags(1),
-                   JAX_COMPILATION_CACHE_DIR=cache,
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
         port = free_port()
-        procs = [subprocess.Popen([sys.executable, "-c", JOB, str(port), str(n), str(i)],
-                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(n)]
-        try:
-            results = [p.communicate(timeout=240) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-        for p, (_, err) in zip(procs, results):
+        results = run_processes(
+            [[sys.executable, "-c", JOB, str(port), str(n), str(i)] for i in range(n)], 240,
+            JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        for p, _, err in results:
             assert p.returncode == 0, err[-2000:]
-        return [out.strip().splitlines()[-1] for out, _ in results]
+        return [out.strip().splitlines()[-1] for _, out, _ in results]
 
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert job(1, one) == ["sum 3.0 True"]

@@ -63,15 +63,12 @@ def use_every_core() -> int:
     one device. Sets `jax_num_cpu_devices` when the CPU backend has not started yet and the
     device count was not set otherwise (XLA_FLAGS); returns the devices to use."""
     from jax._src import xla_bridge
-    flags = os.environ.get("XLA_FLAGS", "")
-    platforms = os.environ.get("JAX_PLATFORMS", "cpu")
-    if (platforms.split(",")[0] == "cpu" and "host_platform_device_count" not in flags
+    if ("host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
             and not xla_bridge.backends_are_initialized()):
-        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)  # the CPU backend only
     if jax.default_backend() != "cpu":
         return 1
-    cores = min(jax.local_device_count(), os.cpu_count() or 1)
-    return max(1, cores)
+    return max(1, min(jax.local_device_count(), os.cpu_count() or 1))
 
 
 def _timed(fn) -> float:

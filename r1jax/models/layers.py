@@ -52,11 +52,10 @@ def rope_inv_freq(head_dim: int, theta: float,
 
 
 def rope_angles(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, S, Dh / 2] float32 of positions [B, S] x inv_freq [Dh / 2].
-
-    Computed once per forward pass (or decode step) and shared by every layer's queries and
-    keys: inside each layer, XLA fuses the cos / sin into the rotation and evaluates them
-    again per head and per layer."""
+    """cos and sin [B, S, Dh / 2] float32 of positions [B, S] x inv_freq [Dh / 2], for
+    `rotate`. XLA may fuse them into each rotation that reads them and evaluate them there
+    again; the decode loop therefore gathers them from a table built outside the loop
+    (r1jax/sampling/sampler.py `_rope_table`)."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     return jnp.cos(freqs), jnp.sin(freqs)
 
@@ -72,11 +71,6 @@ def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     sin = sin[:, :, None, :].astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """RoPE of x [B, S, N, Dh] at integer positions [B, S] (`rotate` of `rope_angles`)."""
-    return rotate(x, *rope_angles(positions, inv_freq))
 
 
 @jax.custom_vjp
