@@ -19,6 +19,8 @@ import argparse
 import atexit
 import dataclasses
 import hashlib
+import io
+import itertools
 import json
 import logging
 import os
@@ -226,25 +228,77 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+# How many `gather` calls this process has made: every process makes the same calls in the
+# same order, so the count names the same gather on all of them.
+_GATHERS = itertools.count()
+# A gather waits this long for the other processes' parts. A lost process ends the job long
+# before (`watch_processes`); a live one may be busy for a long time first (process 0
+# writing an export while the others wait at the next gather).
+GATHER_TIMEOUT_S = 24 * 3600
+
+
+def _gather_key(seq: int, process: int) -> str:
+    return f"r1jax/gather/{seq}/{process}"
+
+
 def gather(values: np.ndarray) -> np.ndarray:
-    """[P, *values.shape]: each process's host array, on every process (same order)."""
+    """[P, *values.shape]: each process's host array, on every process (same order).
+
+    Every process must call it in the same order with an array of the same shape and dtype
+    (a RuntimeError names the processes that did not). The parts travel through the
+    coordination service's key-value store, not through a device program: a gather of a few
+    host values (rewards, stop flags) never queues behind the programs running on the
+    devices, such as the rollout engine's decode chunk that the host overlaps with scoring.
+    """
+    values = np.ascontiguousarray(values)
     if not multi_process():
-        return np.asarray(values)[None]
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(np.asarray(values), tiled=False))
+        return values[None]
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+    seq, me, count = next(_GATHERS), jax.process_index(), jax.process_count()
+    buf = io.BytesIO()
+    np.save(buf, values, allow_pickle=False)
+    client.key_value_set_bytes(_gather_key(seq, me), buf.getvalue())
+    parts = [values if p == me else np.load(io.BytesIO(client.blocking_key_value_get_bytes(
+        _gather_key(seq, p), GATHER_TIMEOUT_S * 1000)), allow_pickle=False)
+        for p in range(count)]
+    # Every process has set its part of this gather, so each has read all parts of the
+    # previous one: this process's previous part is no longer needed.
+    if seq:
+        client.key_value_delete(_gather_key(seq - 1, me))
+    if any(p.shape != values.shape or p.dtype != values.dtype for p in parts):
+        raise RuntimeError(
+            f"gather {seq} got parts of different shapes / dtypes "
+            f"{[(p.shape, str(p.dtype)) for p in parts]} from processes 0..{count - 1}: the "
+            "processes took different decisions before it (a bug; every process must make "
+            "the same gathers in the same order)")
+    return np.stack(parts)
 
 
 def to_host(tree: Any) -> Any:
     """`jax.device_get` for arrays that may span processes: every process receives the whole
     global value (the same on all), so decisions taken from it agree."""
-    def one(x):
-        if not isinstance(x, jax.Array) or x.is_fully_addressable:
-            return np.asarray(jax.device_get(x))
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return jax.tree.map(one, tree)
+    leaves, treedef = jax.tree.flatten(tree)
+    spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
+              and not x.is_fully_addressable and not x.is_fully_replicated]
+    if spread:
+        # One program replicates them all (a program per array would each wait its turn
+        # behind the devices' queue and pay its own collectives' latency).
+        replicated = jax.jit(lambda xs: xs, out_shardings=[
+            _replicated(leaves[i].sharding) for i in spread])([leaves[i] for i in spread])
+        for i, x in zip(spread, replicated):
+            leaves[i] = x
+    out = [np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array)
+           and not x.is_fully_addressable else np.asarray(jax.device_get(x)) for x in leaves]
+    return jax.tree.unflatten(treedef, out)
+
+
+def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return sharding.update(spec=jax.sharding.PartitionSpec())
+    return jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(sharding._device_assignment), ("all",)),
+        jax.sharding.PartitionSpec())
 
 
 def any_process(flag: bool) -> bool:

@@ -73,6 +73,40 @@ def test_processes_started_with_different_configs_refuse_to_start(tmp_path):
         assert "processes [1] were started with a config different from process 0's" in err
 
 
+GATHER_JOB = """
+import sys, numpy as np
+from r1jax import distributed
+from r1jax.config import DistributedConfig
+port, i = sys.argv[1], int(sys.argv[2])
+distributed.initialize(DistributedConfig(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=i,
+    initialization_timeout_s=60))
+for k in range(3):
+    print("gather", k, distributed.gather(np.array([10 * k + i, -i], np.int64)).tolist())
+print("any", distributed.any_process(i == 1), distributed.any_process(False))
+try:
+    distributed.gather(np.zeros((i + 1,), np.float32))
+except RuntimeError as e:
+    print("refused:", e)
+"""
+
+
+def test_gather_returns_each_calls_parts_in_process_order_and_refuses_mismatches():
+    """`gather` (host values through the coordination service): each call returns that
+    call's parts, process 0's first, on every process; a call whose parts differ in shape
+    (processes out of step) is refused on every process."""
+    port = free_port()
+    results = run_processes([[sys.executable, "-c", GATHER_JOB, str(port), str(i)]
+                             for i in range(2)], 240)
+    for p, out, err in results:
+        assert p.returncode == 0, err[-2000:]
+        lines = out.strip().splitlines()
+        assert lines[:4] == ["gather 0 [[0, 0], [1, -1]]", "gather 1 [[10, 0], [11, -1]]",
+                             "gather 2 [[20, 0], [21, -1]]", "any True False"], out
+        assert lines[4].startswith("refused: gather 5 got parts of different shapes"), out
+        assert "[((1,), 'float32'), ((2,), 'float32')]" in lines[4], out
+
+
 JOB = """
 import sys, jax, jax.numpy as jnp, numpy as np
 from r1jax import distributed
