@@ -245,7 +245,7 @@ def gather(values: np.ndarray) -> np.ndarray:
     """[P, *values.shape]: each process's host array, on every process (same order).
 
     Every process must call it in the same order with an array of the same shape and dtype
-    (a RuntimeError names the processes that did not). The parts travel through the
+    (otherwise a RuntimeError on every process lists each process's shape and dtype). The parts travel through the
     coordination service's key-value store, not through a device program: a gather of a few
     host values (rewards, stop flags) never queues behind the programs running on the
     devices, such as the rollout engine's decode chunk that the host overlaps with scoring.
@@ -282,8 +282,8 @@ def to_host(tree: Any) -> Any:
     spread = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)
               and not x.is_fully_addressable and not x.is_fully_replicated]
     if spread:
-        # One program replicates them all (a program per array would each wait its turn
-        # behind the devices' queue and pay its own collectives' latency).
+        # One program replicates them all: one dispatch and one wait for the devices, not
+        # one per array.
         replicated = jax.jit(lambda xs: xs, out_shardings=[
             _replicated(leaves[i].sharding) for i in spread])([leaves[i] for i in spread])
         for i, x in zip(spread, replicated):
@@ -403,16 +403,20 @@ def score_shared(pool: Any, completions: list, examples: list, lengths: list) ->
     local = pool.score([completions[i] for i in mine], [examples[i] for i in mine],
                        [lengths[i] for i in mine])
     names = sorted(local.per_function)
-    table = np.full((-(-n // count), 2 + len(names)), np.nan)
+    # One gather: this process's rows (total, failed, each function's value), then a last
+    # row whose first 3 entries are its failure counts (small integers, exact in float64).
+    width, share = max(3, 2 + len(names)), -(-n // count)
+    table = np.full((share + 1, width), np.nan)
     table[:len(mine), 0] = local.total
     table[:len(mine), 1] = local.failed
     for j, name in enumerate(names):
         table[:len(mine), 2 + j] = local.per_function[name]
     f = local.failures
-    tables = gather(table)  # [P, ceil(B / P), 2 + F]
-    counts = gather(np.asarray([f.timeouts, f.crashes, f.exceptions], np.int64)).sum(0)
+    table[share, :3] = (f.timeouts, f.crashes, f.exceptions)
+    tables = gather(table)  # [P, ceil(B / P) + 1, width]
+    counts = tables[:, share, :3].sum(0)
     rows = np.stack([tables[i % count, i // count] for i in range(n)]) if n \
-        else np.zeros((0, 2 + len(names)))
+        else np.zeros((0, width))
     return RewardResult(total=rows[:, 0], failed=rows[:, 1].astype(bool),
                         per_function={name: rows[:, 2 + j] for j, name in enumerate(names)},
                         failures=RewardFailures(int(counts[0]), int(counts[1]),

@@ -107,6 +107,51 @@ def test_gather_returns_each_calls_parts_in_process_order_and_refuses_mismatches
         assert "[((1,), 'float32'), ((2,), 'float32')]" in lines[4], out
 
 
+SCORE_JOB = """
+import sys, numpy as np
+from r1jax import distributed
+from r1jax.config import DistributedConfig
+from r1jax.rewards.pool import RewardFailures, RewardResult
+port, i = sys.argv[1], int(sys.argv[2])
+distributed.initialize(DistributedConfig(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=i,
+    initialization_timeout_s=60))
+
+class Pool:  # reward = the completion's length; "bad" completions fail (one of each kind)
+    def score(self, completions, examples, lengths):
+        bad = [c.startswith("bad") for c in completions]
+        acc = np.array([0.0 if b else float(n) for b, n in zip(bad, lengths)])
+        kinds = [c for c in completions if c.startswith("bad")]
+        return RewardResult(total=2 * acc, per_function={"acc": acc}, failed=np.array(bad),
+                            failures=RewardFailures(kinds.count("bad-timeout"),
+                                                    kinds.count("bad-crash"),
+                                                    kinds.count("bad-raise"), kinds))
+
+texts = ["a", "bad-timeout", "ccc", "bad-crash", "e", "bad-raise", "ggggggg"]
+r = distributed.score_shared(Pool(), texts, [{}] * 7, [len(t) for t in texts])
+print(r.total.tolist(), r.per_function["acc"].tolist(), r.failed.tolist(),
+      (r.failures.timeouts, r.failures.crashes, r.failures.exceptions), r.failures.examples)
+"""
+
+
+def test_score_shared_splits_rows_between_processes_and_gives_every_process_all_results():
+    """Each process scores rows p, p + 2, ... of 7; both receive every row's total, function
+    value and failure flag in the original order, and the failure counts summed over the
+    processes (the failure examples stay with the process that met them)."""
+    port = free_port()
+    results = run_processes([[sys.executable, "-c", SCORE_JOB, str(port), str(i)]
+                             for i in range(2)], 240)
+    lines = []
+    for p, out, err in results:
+        assert p.returncode == 0, err[-2000:]
+        lines.append(out.strip().splitlines()[-1])
+    common = ("[2.0, 0.0, 6.0, 0.0, 2.0, 0.0, 14.0] [1.0, 0.0, 3.0, 0.0, 1.0, 0.0, 7.0] "
+              "[False, True, False, True, False, True, False] (1, 1, 1)")
+    # Process 0 scored rows 0, 2, 4, 6 (no failure), process 1 rows 1, 3, 5.
+    assert lines == [f"{common} []",
+                     f"{common} ['bad-timeout', 'bad-crash', 'bad-raise']"]
+
+
 JOB = """
 import sys, jax, jax.numpy as jnp, numpy as np
 from r1jax import distributed
